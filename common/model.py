@@ -1,0 +1,247 @@
+"""The policy under FSDP2: loading, sharding, optimizer and schedule, and memory-light token log-probs.
+
+    policy = load_policy(args.model, dist, bf16=True, activation_checkpointing=True)
+    optimizer = build_optimizer(policy, lr=1e-6)
+    scheduler = build_scheduler(optimizer, "constant", warmup_steps=0, total_steps=n)
+    batch = pad_batch(prompt_ids, response_ids, pad_id)          # (B, L) tensors
+    old_logprobs, _ = logprobs_in_micro_batches(policy, batch, temperature=1.0, max_tokens=16384)
+    logprobs, entropy = policy(ids, attention_mask, response_mask, temperature=1.0)   # with grad
+    grad_norm = clip_grad_norm(policy, 1.0)
+
+Why a wrapper module (`TokenLogprobLM`) around the Hugging Face model: FSDP2 gathers the root's parameters
+(embeddings, final norm, output head) only inside the root module's `forward`. The log-prob computation must
+use the output head chunk by chunk, so it has to live inside that `forward`, not after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoModelForCausalLM
+
+from common.dist import DistInfo, all_reduce_max
+
+LOGPROB_CHUNK_TOKENS = 1024  # tokens per output-head chunk: (1024, 151936) fp32 logits = 0.6 GB, not 5 GB
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token log-probs without a float32 (B, T, V) tensor
+# ---------------------------------------------------------------------------------------------------
+def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """log p(target) and entropy for N positions. hidden (N, H), weight (V, H), targets (N,)."""
+    logits = (hidden @ weight.T).float() / temperature                  # (N, V)
+    lse = torch.logsumexp(logits, dim=-1)                               # (N,)
+    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse    # (N,)
+    with torch.no_grad():  # entropy is a diagnostic: no gradient, so nothing extra is saved for backward
+        entropy = lse - (logits.softmax(-1) * logits).sum(-1)            # (N,)
+    return logprobs, entropy
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                           temperature: float = 1.0, chunk: int = LOGPROB_CHUNK_TOKENS):
+    """Log-probs of `targets` under softmax(hidden @ weight.T / temperature), `chunk` rows at a time.
+
+    With gradients on, each chunk runs under activation checkpointing: backward recomputes its logits instead
+    of keeping them, so peak memory holds one chunk's (chunk, V) logits whatever N is.
+    hidden (N, H), weight (V, H), targets (N,) -> logprobs (N,), entropy (N,).
+
+    Example: hidden = [[1, 0]], weight = [[1, 0], [0, 1]], targets = [0]  ->  logits [1, 0],
+    logprobs = [1 - log(e + 1)] = [-0.3133].
+    """
+    outs = []
+    for s in range(0, hidden.shape[0], chunk):
+        args = (hidden[s: s + chunk], weight, targets[s: s + chunk], temperature)
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(_head_logprobs, *args, use_reentrant=False))
+        else:
+            outs.append(_head_logprobs(*args))
+    if not outs:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+class TokenLogprobLM(nn.Module):
+    """A Hugging Face causal LM whose forward returns per-token log-probs instead of logits.
+
+    forward(input_ids (B, L), attention_mask (B, L), response_mask (B, L), temperature)
+      -> logprobs (B, L), entropy (B, L): position t holds log p(input_ids[t] | input_ids[:t]) at
+         temperature T where response_mask[t] is True, and 0 elsewhere (response_mask[:, 0] must be False).
+    Only the masked positions go through the output head.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+
+    def forward(self, input_ids, attention_mask, response_mask, temperature: float = 1.0):
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        predict = response_mask[:, 1:]                                        # (B, L-1): token t+1 from hidden t
+        lp, ent = chunked_token_logprobs(hidden[:, :-1][predict], self.lm.lm_head.weight,
+                                         input_ids[:, 1:][predict], temperature)  # (N,), (N,)
+        logprobs = hidden.new_zeros(input_ids.shape, dtype=torch.float32)      # (B, L)
+        entropy = torch.zeros_like(logprobs)                                   # (B, L)
+        logprobs[:, 1:][predict] = lp
+        entropy[:, 1:][predict] = ent
+        return logprobs, entropy
+
+
+def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Parameters under their Hugging Face names (drops our wrapper's `lm.` prefix)."""
+    for name, param in model.named_parameters():
+        yield name.removeprefix("lm."), param
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and FSDP2
+# ---------------------------------------------------------------------------------------------------
+def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool, cpu_offload: bool = False) -> nn.Module:
+    """`fully_shard` each decoder layer, then the root (FSDP2: https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html).
+
+    bf16: compute in bfloat16 with float32 master weights and float32 gradient reduction.
+    cpu_offload: keep the shards in CPU memory between uses (for a frozen reference model on GPU).
+    """
+    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    return model
+
+
+def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False,
+                trainable: bool = True, cpu_offload: bool = False) -> TokenLogprobLM:
+    """Load a causal LM (local directory or hub id), wrap it as `TokenLogprobLM` and shard it with FSDP2.
+
+    Every rank loads the same float32 weights (same init everywhere), then keeps only its shard.
+    trainable=False gives a frozen model in eval mode (the reference policy for the KL term).
+    """
+    lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    lm.config.use_cache = False
+    if activation_checkpointing and trainable:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = TokenLogprobLM(lm)
+    model.train(trainable)  # Qwen2 has no dropout; eval mode for the reference anyway
+    model.requires_grad_(trainable)
+    return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer, schedule, clipping
+# ---------------------------------------------------------------------------------------------------
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, eps=eps,
+                             weight_decay=weight_decay)
+
+
+def lr_multiplier(step: int, *, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, power: float = 1.0) -> float:
+    """Learning-rate multiplier at optimizer step `step`: linear warm-up, then constant, cosine or polynomial decay
+    to `min_ratio` at `total_steps`.
+
+    >>> lr_multiplier(5, kind="constant", warmup_steps=10, total_steps=100)
+    0.6
+    >>> lr_multiplier(100, kind="cosine", warmup_steps=0, total_steps=100, min_ratio=0.1)
+    0.1
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if kind == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif kind == "polynomial":
+        decay = (1.0 - progress) ** power
+    else:
+        raise ValueError(f"unknown lr schedule {kind!r}: use constant, cosine or polynomial")
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, power: float = 1.0):
+    lr_multiplier(0, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps)  # fail early on a bad `kind`
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+        s, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio, power=power))
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm (over all shards) and return it, before clipping, as a float."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------------
+def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad prompt + response sequences into (B, L) tensors.
+
+    Example: prompts [[5, 6], [7]], responses [[8], [9, 10]], pad 0 ->
+      input_ids      [[5, 6, 8], [7, 9, 10]]
+      attention_mask [[1, 1, 1], [1, 1, 1]]
+      response_mask  [[0, 0, 1], [0, 1, 1]]
+    """
+    assert len(prompts) == len(responses), f"{len(prompts)} prompts but {len(responses)} responses"
+    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)   # (B, L)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)     # (B, L)
+    response_mask = torch.zeros((len(prompts), length), dtype=torch.bool)      # (B, L)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        assert len(p) > 0, "every sequence needs at least one prompt token"
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attention_mask[i, : len(p) + len(r)] = 1
+        response_mask[i, len(p): len(p) + len(r)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def select_rows(batch: dict[str, torch.Tensor], rows: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows of a padded batch, cut to their longest sequence, moved to `device`."""
+    index = torch.tensor(rows, dtype=torch.long)
+    length = max(int(batch["attention_mask"][index].sum(-1).max()), 1) if rows else 1
+    return {k: v[index, :length].to(device) for k, v in batch.items()}
+
+
+def token_budget_micro_batches(lengths: list[int], max_tokens: int, device: torch.device) -> list[list[int]]:
+    """Group sample indices into micro-batches of at most `max_tokens` padded tokens, longest first, so padding
+    stays small. Every rank gets the same number of micro-batches (the shorter lists end with empty ones):
+    FSDP ranks must run the same number of forward passes or the all-gathers deadlock.
+
+    Example (one rank): lengths [3, 9, 4, 8], max_tokens 18 -> [[1, 3], [2, 0]]  (2 x 9 <= 18, 2 x 4 <= 18)
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    count = all_reduce_max(len(batches), device) if dist.is_initialized() else len(batches)
+    return batches + [[] for _ in range(count - len(batches))]
+
+
+@torch.no_grad()
+def logprobs_in_micro_batches(model: TokenLogprobLM, batch: dict[str, torch.Tensor], *, temperature: float,
+                              max_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies (B, L), on CPU, of a whole padded batch, in token-budget micro-batches.
+    Collective: every rank must call it, each with its own batch."""
+    logprobs = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)  # (B, L)
+    entropy = torch.zeros_like(logprobs)                                  # (B, L)
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    for rows in token_budget_micro_batches(lengths, max_tokens, device):
+        mb = select_rows(batch, rows, device) if rows else {  # an empty micro-batch still runs the all-gathers
+            "input_ids": batch["input_ids"][:1, :1].to(device), "attention_mask": batch["attention_mask"][:1, :1].to(device),
+            "response_mask": torch.zeros((1, 1), dtype=torch.bool, device=device)}
+        lp, ent = model(mb["input_ids"], mb["attention_mask"], mb["response_mask"], temperature)  # (b, l)
+        if rows:
+            logprobs[rows, : lp.shape[1]] = lp.float().cpu()
+            entropy[rows, : lp.shape[1]] = ent.float().cpu()
+    return logprobs, entropy

@@ -1,0 +1,165 @@
+"""The colocated vLLM engine: one per rank, on the same GPU as that rank's FSDP2 shard of the policy.
+
+This is the only module that talks to vLLM, and only through its public API (`LLM`, `SamplingParams`,
+`sleep`, `wake_up`, `collective_rpc`, `reset_prefix_cache`).
+
+    engine = ColocatedVLLM(args.model, dist, max_model_len=1280, gpu_memory_utilization=0.35)
+    engine.wake_and_sync(policy)                 # 1-3: weights back, push the trainer's weights, KV cache back
+    groups = engine.generate(prompt_ids, n=8, temperature=1.0, top_p=0.9, max_tokens=1024, seed=s)
+    engine.sleep()                               # 5: free the GPU for training
+
+The GPU memory sequence (vLLM >= 0.11, `enable_sleep_mode=True`; all of it is a no-op on CPU):
+  sleep(level=2)          discards weights and KV cache: the trainer gets that memory back.
+  wake_up(["weights"])    re-allocates weight memory; its contents are undefined after level 2,
+  reload_weights(...)     so the trainer's weights are pushed after *every* wake (see `sync_weights`),
+  wake_up(["kv_cache"])   and only then the KV cache, so weights and cache never coexist with a full
+                          gathered state dict.
+Skipping the push after a level-2 wake generates from garbage; reloading from disk instead silently
+trains nothing (trl #5312). `test_weight_sync.py` checks that vLLM's logprobs equal the trainer's after
+optimizer steps, for tied and untied embeddings.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+
+from common.dist import DistInfo, sampling_seed
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under vLLM's sampling distribution
+    text: str
+    finish_reason: str     # "stop" (EOS or a stop string) or "length" (hit max_tokens: truncated)
+
+
+class ColocatedVLLM:
+    """One vLLM engine per rank, launched by torchrun (`distributed_executor_backend="external_launcher"`).
+
+    Tensor parallelism: with `tensor_parallel_size=k`, each group of k consecutive ranks shares one engine
+    replica. `generate` still takes each rank's own prompts: it gathers them inside the group, generates
+    once, and hands every rank back its own completions, so scripts shard data the same way for any k.
+    """
+
+    def __init__(self, model: str, dist_info: DistInfo, *, max_model_len: int, seed: int = 0,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.35,
+                 cpu_kv_cache_bytes: int = 256 * 2**20, enforce_eager: bool | None = None,
+                 dtype: str | None = None, tokenizer: str | None = None):
+        on_gpu = dist_info.device.type == "cuda"
+        tp = tensor_parallel_size
+        assert dist_info.world_size % tp == 0, f"world size {dist_info.world_size} is not divisible by tensor_parallel_size {tp}"
+        self.sleep_enabled = on_gpu  # vLLM's sleep mode needs CUDA's virtual memory API; on CPU it is a no-op
+        memory = ({"gpu_memory_utilization": gpu_memory_utilization} if on_gpu
+                  # on CPU, gpu_memory_utilization would be a fraction of host RAM: give the KV cache a size
+                  else {"kv_cache_memory_bytes": cpu_kv_cache_bytes})
+        self.llm = LLM(
+            model=model, tokenizer=tokenizer or model, seed=seed,
+            dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+            max_model_len=max_model_len,
+            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+            tensor_parallel_size=tp,
+            distributed_executor_backend="external_launcher",  # this process is the worker: no extra processes
+            enable_sleep_mode=self.sleep_enabled,
+            # logprobs after temperature (and top-p), i.e. of the distribution we sampled from: this is what the
+            # trainer recomputes with logits / T. With top_p < 1 they also include top-p's renormalisation.
+            logprobs_mode="processed_logprobs",
+            **memory,
+        )
+        self.dist_info = dist_info
+        self.tp = tp
+        # every rank must create every subgroup, in the same order
+        self._tp_group = None
+        if tp > 1:
+            for start in range(0, dist_info.world_size, tp):
+                group = dist.new_group(list(range(start, start + tp)))
+                if start <= dist_info.rank < start + tp:
+                    self._tp_group = group
+
+    # ---- memory choreography ------------------------------------------------------------------------
+    def wake_and_sync(self, model: torch.nn.Module, named_params: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """Steps 1-3 of DESIGN.md: wake the weights, push the trainer's weights, wake the KV cache."""
+        if self.sleep_enabled:
+            self.llm.wake_up(tags=["weights"])
+        self.sync_weights(model, named_params)
+        if self.sleep_enabled:
+            self.llm.wake_up(tags=["kv_cache"])
+
+    def sleep(self) -> None:
+        """Step 5: level 2 discards weights and KV cache (the next `wake_and_sync` pushes weights again)."""
+        if self.sleep_enabled:
+            self.llm.sleep(level=2)
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    # ---- weights ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module, named_params: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """Stream the (FSDP2-sharded) model's parameters into vLLM, one full tensor at a time.
+
+        `named_params` yields Hugging Face names (default: `model.named_parameters()`); each DTensor is
+        gathered with `full_tensor()`, a collective, so every rank walks the same parameters in the same order
+        while vLLM consumes them lazily: at most one gathered tensor is alive at a time.
+        Tied embeddings: the shared tensor appears once, as `model.embed_tokens.weight`; vLLM's output head
+        kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, FACTS.md).
+        """
+        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, param in (named_params if named_params is not None else model.named_parameters()):
+                full = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+                yield name, full
+                if tied and name.endswith("embed_tokens.weight"):
+                    yield "lm_head.weight", full
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        # cached prefixes (e.g. the shared prompt template) hold KV computed with the old weights
+        self.llm.reset_prefix_cache()
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 max_tokens: int = 256, stop: list[str] | None = None, seed: int = 0, step: int = 0,
+                 include_stop_str: bool = True) -> list[list[Completion]]:
+        """Sample `n` completions for each prompt (token ids). Returns one list of `n` per prompt, in order.
+
+        temperature 0 is greedy. Each request gets its own seed from (seed, step, rank, index), so ranks differ,
+        and the same (seed, step) reproduces the same samples.
+        """
+        local = prompts
+        if self.tp > 1:  # one engine per TP group: generate the group's prompts together
+            gathered: list[list[list[int]]] = [None] * self.tp  # type: ignore[list-item]
+            dist.all_gather_object(gathered, local, group=self._tp_group)
+            offset = sum(len(g) for g in gathered[: self.dist_info.rank % self.tp])
+            prompts = [p for g in gathered for p in g]
+        group_rank = self.dist_info.rank // self.tp
+        params = [
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
+                           stop=stop, include_stop_str_in_output=include_stop_str,
+                           seed=sampling_seed(seed, step, group_rank, i))
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        groups = [
+            [Completion(token_ids=list(c.token_ids),
+                        logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                        text=c.text, finish_reason=c.finish_reason)
+             for c in out.outputs]
+            for out in outputs
+        ]
+        assert len(groups) == len(prompts) and all(len(g) == n for g in groups), "vLLM returned a wrong number of completions"
+        if self.tp > 1:
+            groups = groups[offset: offset + len(local)]
+        return groups
+
+    def shutdown(self) -> None:
+        """Release the engine before the process group goes (see `common.dist.shutdown_distributed`)."""
+        del self.llm
+        gc.collect()

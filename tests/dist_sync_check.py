@@ -1,0 +1,68 @@
+"""Run under torchrun by test_weight_sync.py (or with plain `python` for a world of one).
+
+Trains a tiny model for two AdamW steps under FSDP2, pushes the weights into each rank's vLLM engine, and
+writes what the test asserts on to <out>/rank<r>.json:
+  max_gap      max |vLLM greedy logprob - trainer logprob| over all generated tokens
+  samples_a/b  sampled completions at (seed, step) = (7, 3), twice; samples_c at step 4
+  pre_gap      the same gap before any sync (the trainer's weights moved away from vLLM's: must be large)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.dist import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
+from common.model import build_optimizer, hf_named_parameters, load_policy, logprobs_in_micro_batches, pad_batch  # noqa: E402
+from common.vllm_engine import ColocatedVLLM  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+
+def greedy_gap(engine, policy, tok, prompts, device):
+    groups = engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)
+    responses = [g[0].token_ids for g in groups]
+    batch = pad_batch(prompts, responses, tok.pad_token_id)
+    trainer, _ = logprobs_in_micro_batches(policy, batch, temperature=1.0, max_tokens=64, device=device)
+    gap = 0.0
+    for i, g in enumerate(groups):
+        mine = trainer[i][batch["response_mask"][i]]
+        gap = max(gap, (mine - torch.tensor(g[0].logprobs)).abs().max().item())
+    return gap
+
+
+def main():
+    model_dir, out_dir = sys.argv[1], Path(sys.argv[2])
+    dist = init_distributed()
+    seed_everything(0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    policy = load_policy(model_dir, dist)
+    engine = ColocatedVLLM(model_dir, dist, max_model_len=128, cpu_kv_cache_bytes=32 * 2**20)
+    prompts = [tok.encode(s) for s in ["Numbers: 3 5 7\n", "The answer is", "<think>"]]
+
+    # two AdamW steps on a toy objective (raise the log-prob of one fixed continuation), different data per rank
+    optimizer = build_optimizer(policy, lr=1e-2)
+    batch = pad_batch(prompts, [tok.encode(" 42" * (dist.rank + 1))] * len(prompts), tok.pad_token_id)
+    for _ in range(2):
+        logprobs, _ = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        (-logprobs.sum() / batch["response_mask"].sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    result = {"pre_gap": greedy_gap(engine, policy, tok, prompts, dist.device)}
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    result["max_gap"] = greedy_gap(engine, policy, tok, prompts, dist.device)
+    sample = lambda step: [c.token_ids for g in engine.generate(prompts, n=2, temperature=1.0, max_tokens=8, seed=7, step=step) for c in g]
+    result.update(samples_a=sample(3), samples_b=sample(3), samples_c=sample(4))
+    engine.sleep()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))
+
+    engine.shutdown()
+    del policy, optimizer
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Run a script as a subprocess (under torchrun or plain python) the way a user would, and check it exited cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def run_script(args: list[str], *, nproc: int | None = 2, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """nproc=None runs `python script ...`; otherwise `torchrun --standalone --nproc_per_node nproc script ...`."""
+    launcher = [sys.executable] if nproc is None else [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, f"exit code {proc.returncode}\n{output[-6000:]}"
+        assert "Traceback" not in output, f"traceback in the output:\n{output[-6000:]}"
+    return proc

@@ -1,0 +1,89 @@
+"""common.model helpers against slow, obvious reference computations (CPU, no process group)."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from common.model import (TokenLogprobLM, chunked_token_logprobs, lr_multiplier, pad_batch, select_rows,
+                          token_budget_micro_batches)
+
+
+def naive_logprobs(hidden, weight, targets, temperature):
+    logp = torch.log_softmax((hidden @ weight.T).double() / temperature, dim=-1)
+    return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3])
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_chunked_logprobs_equal_log_softmax_gather(temperature, chunk):
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(37, 16, generator=g), torch.randn(101, 16, generator=g)
+    targets = torch.randint(0, 101, (37,), generator=g)
+    lp, ent = chunked_token_logprobs(hidden, weight, targets, temperature, chunk=chunk)
+    ref_lp, ref_ent = naive_logprobs(hidden, weight, targets, temperature)
+    torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-4, rtol=0)
+
+
+def test_chunked_logprobs_gradient_equals_naive():
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(20, 8, generator=g, requires_grad=True), torch.randn(30, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 30, (20,), generator=g)
+    chunked_token_logprobs(hidden, weight, targets, 0.9, chunk=3)[0].sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    torch.log_softmax(hidden @ weight.T / 0.9, -1).gather(-1, targets[:, None]).sum().backward()
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_token_logprob_lm_equals_full_logits_on_padded_batch(tiny_models, temperature):
+    lm = AutoModelForCausalLM.from_pretrained(tiny_models["untied"], dtype=torch.float32)
+    model = TokenLogprobLM(lm).eval()
+    prompts, responses = [[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15, 16], [17]]
+    batch = pad_batch(prompts, responses, pad_id=0)
+    with torch.no_grad():
+        lp, ent = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
+        for i, (p, r) in enumerate(zip(prompts, responses)):  # one unpadded sequence at a time, full logits
+            ids = torch.tensor([p + r])
+            logp = torch.log_softmax(lm(ids).logits[0].double() / temperature, -1)  # (L, V)
+            expected = torch.tensor([logp[len(p) + j - 1, t] for j, t in enumerate(r)])
+            torch.testing.assert_close(lp[i][batch["response_mask"][i]].double(), expected, atol=1e-5, rtol=0)
+    assert (lp[~batch["response_mask"]] == 0).all() and (ent[~batch["response_mask"]] == 0).all()
+
+
+def test_pad_batch_layout():
+    b = pad_batch([[5, 6], [7]], [[8], [9, 10]], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 8], [7, 9, 10]]
+    assert b["response_mask"].int().tolist() == [[0, 0, 1], [0, 1, 1]]
+    b = pad_batch([[5], [7, 7, 7]], [[8], [9]], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 8, 0, 0], [7, 7, 7, 9]] and b["attention_mask"][0].tolist() == [1, 1, 0, 0]
+    mb = select_rows(b, [0], torch.device("cpu"))
+    assert mb["input_ids"].tolist() == [[5, 8]], "select_rows cuts the padding of the selected rows"
+
+
+def test_token_budget_micro_batches():
+    cpu = torch.device("cpu")
+    assert token_budget_micro_batches([3, 9, 4, 8], 18, cpu) == [[1, 3], [2, 0]]
+    assert token_budget_micro_batches([3, 9, 4, 8], 16, cpu) == [[1], [3, 2], [0]]
+    lengths = [7, 1, 30, 12, 12, 5, 9, 2, 40, 3]
+    batches = token_budget_micro_batches(lengths, 48, cpu)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths))), "every sample exactly once"
+    for b in batches:  # padded size within budget (a single over-long sample gets a batch of its own)
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 48
+
+
+def test_lr_schedules():
+    kw = dict(warmup_steps=4, total_steps=104)
+    assert [lr_multiplier(s, kind="constant", **kw) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_multiplier(4, kind="cosine", **kw) == 1.0
+    assert lr_multiplier(54, kind="cosine", **kw) == pytest.approx(0.5)
+    assert lr_multiplier(104, kind="cosine", **kw, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_multiplier(54, kind="polynomial", **kw, power=2.0) == pytest.approx(0.25)
+    assert lr_multiplier(500, kind="polynomial", **kw) == 0.0
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_multiplier(10, kind="linear-ish", **kw)
+    assert not math.isnan(lr_multiplier(0, kind="cosine", warmup_steps=0, total_steps=0))
