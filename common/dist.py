@@ -102,3 +102,11 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def global_means(totals: dict[str, tuple[float, float]], device: torch.device) -> dict[str, float]:
+    """{key: (sum, count)} on each rank -> {key: sum over ranks / count over ranks}, in one collective.
+    Keys with a zero global count are dropped. Every rank must pass the same keys."""
+    keys = sorted(totals)
+    summed = all_reduce_sum([x for k in keys for x in totals[k]], device).view(-1, 2)
+    return {k: (s / n).item() for k, (s, n) in zip(keys, summed) if n > 0}

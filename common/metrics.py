@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 
 class PhaseTimer:
@@ -82,8 +83,8 @@ class RunLogger:
         self.metrics_file.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
-        shown = [f"{k.split('/')[-1]} {metrics[k]:.4g}" for k in self.console_keys if k in metrics]
-        print(f"step {step:>5} | " + " | ".join(shown), flush=True)
+        shown = [f"{k} {metrics[k]:.4g}" for k in self.console_keys if k in metrics]
+        tqdm.write(f"step {step:>5} | " + " | ".join(shown))  # keeps a progress bar intact
 
     def log_samples(self, rows: list[dict], step: int) -> None:
         """A table of sample completions (prompt, completion, reward, ...)."""

@@ -53,7 +53,7 @@ def save_tiny_qwen2(path: Path, *, tie_word_embeddings: bool, seed: int = 0, hid
     vocab_size = save_char_tokenizer(path)
     tok = AutoTokenizer.from_pretrained(path)
     config = Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=1, max_position_embeddings=512,
+                         num_attention_heads=hidden // 64, num_key_value_heads=1, max_position_embeddings=1024,
                          tie_word_embeddings=tie_word_embeddings, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.eos_token_id, bos_token_id=None, torch_dtype="float32")
     assert vocab_size <= config.vocab_size
