@@ -25,7 +25,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
 
@@ -95,6 +95,24 @@ class TokenLogprobLM(nn.Module):
         return logprobs, entropy
 
 
+class TokenValueModel(nn.Module):
+    """A critic: the policy's backbone with a scalar head (Hugging Face `...ForTokenClassification`, 1 label).
+
+    forward(input_ids (B, L), attention_mask (B, L)) -> values (B, L), float32: values[:, t] estimates the return
+    of the state *before* token t (it reads the hidden state at t - 1), aligned with the log-probs of
+    `TokenLogprobLM`: position t of both describes the choice of token t. values[:, 0] is 0.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+
+    def forward(self, input_ids, attention_mask):
+        v = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()  # (B, L): V(prefix <= t)
+        return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], dim=1)                     # (B, L): V(prefix < t)
+
+
 def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Parameters under their Hugging Face names (drops our wrapper's `lm.` prefix)."""
     for name, param in model.named_parameters():
@@ -134,6 +152,19 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     model.train(trainable)  # Qwen2 has no dropout; eval mode for the reference anyway
     model.requires_grad_(trainable)
     return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+
+
+def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
+    """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
+    init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2."""
+    config = AutoConfig.from_pretrained(name_or_path, num_labels=1)
+    config.classifier_dropout = 0.0  # Hugging Face's default is 0.1: values must not be noisy
+    lm = AutoModelForTokenClassification.from_pretrained(name_or_path, config=config, dtype=torch.float32)
+    lm.config.use_cache = False
+    if activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = TokenValueModel(lm)
+    return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,19 +260,33 @@ def token_budget_micro_batches(lengths: list[int], max_tokens: int, device: torc
 
 
 @torch.no_grad()
-def logprobs_in_micro_batches(model: TokenLogprobLM, batch: dict[str, torch.Tensor], *, temperature: float,
-                              max_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies (B, L), on CPU, of a whole padded batch, in token-budget micro-batches.
-    Collective: every rank must call it, each with its own batch."""
-    logprobs = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)  # (B, L)
-    entropy = torch.zeros_like(logprobs)                                  # (B, L)
+def _in_micro_batches(forward, batch: dict[str, torch.Tensor], max_tokens: int, device: torch.device) -> list[torch.Tensor]:
+    """Run `forward(micro_batch) -> tuple of (b, l) tensors` over a padded batch in token-budget micro-batches and
+    return the outputs as (B, L) float32 CPU tensors. Collective: every rank calls it, each with its own batch."""
+    outs: list[torch.Tensor] = []
     lengths = batch["attention_mask"].sum(-1).tolist()
     for rows in token_budget_micro_batches(lengths, max_tokens, device):
         mb = select_rows(batch, rows, device) if rows else {  # an empty micro-batch still runs the all-gathers
             "input_ids": batch["input_ids"][:1, :1].to(device), "attention_mask": batch["attention_mask"][:1, :1].to(device),
             "response_mask": torch.zeros((1, 1), dtype=torch.bool, device=device)}
-        lp, ent = model(mb["input_ids"], mb["attention_mask"], mb["response_mask"], temperature)  # (b, l)
+        results = forward(mb)
+        if not outs:
+            outs = [torch.zeros(batch["input_ids"].shape, dtype=torch.float32) for _ in results]  # (B, L) each
         if rows:
-            logprobs[rows, : lp.shape[1]] = lp.float().cpu()
-            entropy[rows, : lp.shape[1]] = ent.float().cpu()
+            for out, r in zip(outs, results):
+                out[rows, : r.shape[1]] = r.float().cpu()
+    return outs
+
+
+def logprobs_in_micro_batches(model: TokenLogprobLM, batch: dict[str, torch.Tensor], *, temperature: float,
+                              max_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies (B, L), no grad, on CPU (see `TokenLogprobLM`). Collective."""
+    logprobs, entropy = _in_micro_batches(
+        lambda mb: model(mb["input_ids"], mb["attention_mask"], mb["response_mask"], temperature), batch, max_tokens, device)
     return logprobs, entropy
+
+
+def values_in_micro_batches(model: TokenValueModel, batch: dict[str, torch.Tensor], *, max_tokens: int,
+                            device: torch.device) -> torch.Tensor:
+    """Per-token values (B, L), no grad, on CPU (see `TokenValueModel`). Collective."""
+    return _in_micro_batches(lambda mb: (model(mb["input_ids"], mb["attention_mask"]),), batch, max_tokens, device)[0]

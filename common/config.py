@@ -1,0 +1,53 @@
+"""Command line and start-up checks shared by the scripts: presets, exact batch arithmetic, model sources.
+
+Errors here are one line that names the fix, raised before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TypeVar
+
+import tyro
+
+T = TypeVar("T")
+
+
+class ConfigError(SystemExit):
+    """A bad setting: exits with status 1 and a one-line message (no traceback)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def parse_args(args_type: type[T], presets: dict[str, T]) -> T:
+    """tyro parsing, where `--preset NAME` first swaps in another set of defaults; every other flag overrides them.
+
+    `python grpo_countdown.py --preset tiny --num-steps 5` = the tiny preset with 5 steps.
+    """
+    argv = sys.argv[1:]
+    name = argv[argv.index("--preset") + 1] if "--preset" in argv and argv.index("--preset") + 1 < len(argv) else "default"
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
+    return tyro.cli(args_type, default=presets[name], args=argv)
+
+
+def exact_div(a: int, b: int, what: str) -> int:
+    """a / b when b divides a, else a clear error. `exact_div(128, 8, "prompts per rank") == 16`."""
+    if b <= 0 or a % b != 0:
+        raise ConfigError(f"{what}: {a} is not divisible by {b}")
+    return a // b
+
+
+def check_model_source(name_or_path: str, flag: str = "--model") -> None:
+    """Fail early, in one line, when a model can be neither found on disk nor fetched from the hub."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name_or_path)
+    except Exception as e:  # OSError, ValueError, HTTP errors: all mean the same to the user
+        where = "the directory exists but holds no config.json" if os.path.isdir(name_or_path) else (
+            "no such local directory, and the hub is unreachable or has no such model")
+        raise ConfigError(f"cannot load {flag} {name_or_path!r}: {where} ({type(e).__name__}); "
+                          f"pass {flag} a local Hugging Face model directory or a reachable hub id") from None

@@ -1,0 +1,471 @@
+"""GRPO (R1-zero style) on the Countdown numbers game, in one file.
+
+Algorithm (GRPO, DeepSeekMath https://arxiv.org/abs/2402.03300 §4; R1-zero recipe https://arxiv.org/abs/2501.12948):
+for each step, sample G completions for each of P prompts from the current policy (vLLM), grade them with a
+rule (`rewards.countdown`: 1 correct, 0.1 answer tag but wrong, 0 no answer tag), turn each reward into an
+advantage relative to the other G samples of the same prompt, and take PPO-clip steps on those advantages with
+a k3 KL penalty to the frozen initial policy. No critic, no reward model.
+
+Departures from the paper, all deliberate:
+- Token-level loss aggregation (DAPO https://arxiv.org/abs/2503.14476 §3.3): the loss is the mean over every
+  response token of the mini-batch, on all ranks together, not a mean over sequences of per-sequence means.
+  `--advantage dr_grpo` gives Dr. GRPO (https://arxiv.org/abs/2503.20783 §3.1): no std normalisation and a
+  constant normaliser (mini-batch size x max response tokens).
+- Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap between the two is logged
+  (`train/vllm_logprob_gap`), since a silent mismatch is a known failure of colocated RL.
+- Generation stops at "</answer>" (everything after it is never graded).
+
+Launch:
+    torchrun --nproc_per_node 8 grpo_countdown.py                       # Qwen2.5-3B, 8 GPUs
+    torchrun --nproc_per_node 2 grpo_countdown.py --preset tiny         # the shipped tiny model, 2 CPU processes
+    python grpo_countdown.py --preset tiny --num-steps 3                # one process
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import ConfigError, check_model_source, exact_div, parse_args
+from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
+from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
+from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
+                          logprobs_in_micro_batches, pad_batch, select_rows)
+from common.tasks import make_countdown_problems
+from common.vllm_engine import ColocatedVLLM
+from rewards.countdown import COUNTDOWN_REASONS as REASONS, grade_countdown
+
+
+@dataclass
+class Args:
+    # ---- experiment
+    exp_name: str = "grpo_countdown"
+    """name of the run: outputs go to <out_dir>/<exp_name>"""
+    preset: str = "default"
+    """`default` (Qwen2.5-3B, 8 GPUs) or `tiny` (the shipped tiny model on a 2-core CPU); other flags override it"""
+    seed: int = 1
+    """seeds model init, data order and (with step and rank) vLLM sampling"""
+    out_dir: str = "runs"
+    """metrics.jsonl, samples.jsonl, metrics.png and checkpoints go under <out_dir>/<exp_name>"""
+    track: bool = False
+    """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
+    wandb_project: str = "r1-clean"
+    """wandb project name"""
+    # ---- model
+    model: str = "Qwen/Qwen2.5-3B"
+    """policy to train: a local Hugging Face directory or a hub id"""
+    bf16: bool = True
+    """on CUDA, compute in bfloat16 with float32 master weights and gradient reduction (CPU always uses float32)"""
+    activation_checkpointing: bool = True
+    """recompute decoder-layer activations in backward (less memory, ~30% more compute)"""
+    # ---- data
+    dataset: str = "Jiayi-Pan/Countdown-Tasks-3to4"
+    """Hugging Face dataset of problems (train split); `synthetic` uses generated problems instead"""
+    numbers_field: str = "nums"
+    """dataset column with the list of numbers"""
+    target_field: str = "target"
+    """dataset column with the target"""
+    train_size: int = 327_680
+    """the first `train_size` rows train (TinyZero's split) ..."""
+    test_size: int = 1024
+    """... and the next `test_size` rows are the held-out set"""
+    synthetic: bool = False
+    """generate solvable problems instead of loading `dataset` (also the automatic fallback when the hub is unreachable)"""
+    synthetic_num_numbers: tuple[int, ...] = (3, 4)
+    """generated problems: how many numbers (one of these per problem)"""
+    synthetic_max_number: int = 99
+    """generated problems: numbers are drawn from 1..synthetic_max_number"""
+    synthetic_max_target: int = 99
+    """generated problems: targets lie in 1..synthetic_max_target"""
+    prompt_template: Literal["base", "chat"] = "base"
+    """`base`: TinyZero's plain-text template for base models; `chat`: the tokenizer's chat template (instruct models)"""
+    # ---- rollout
+    num_steps: int = 200
+    """training steps (one rollout + one policy update each)"""
+    prompts_per_step: int = 128
+    """P: prompts per step, over all ranks"""
+    samples_per_prompt: int = 8
+    """G: completions per prompt (the group of GRPO)"""
+    temperature: float = 1.0
+    """sampling temperature; the trainer divides its logits by the same value"""
+    top_p: float = 0.9
+    """nucleus sampling"""
+    max_prompt_tokens: int = 256
+    """a longer prompt is an error"""
+    max_response_tokens: int = 1024
+    """completions are cut here (counted in `rollout/truncated`)"""
+    # ---- policy update
+    mini_batch_size: int = 128
+    """samples per optimizer step, over all ranks (P*G/mini_batch_size optimizer steps per epoch)"""
+    micro_batch_size: int = 2
+    """samples per forward/backward on each rank (gradient accumulation up to the mini-batch)"""
+    epochs_per_rollout: int = 1
+    """passes over each rollout"""
+    learning_rate: float = 1e-6
+    """AdamW learning rate"""
+    lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
+    """decay over the whole run after warm-up"""
+    warmup_steps: int = 0
+    """optimizer steps of linear warm-up"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global norm)"""
+    clip_ratio: float = 0.2
+    """PPO clip: ratios outside [1 - c, 1 + c] get no gradient"""
+    kl_coef: float = 1e-3
+    """weight of the k3 KL estimate to the reference policy in the loss (0 skips the reference model)"""
+    advantage: Literal["grpo", "dr_grpo"] = "grpo"
+    """grpo: (r - mean) / (std + eps) per prompt, token-mean loss; dr_grpo: r - mean, constant normaliser"""
+    ref_cpu_offload: bool = False
+    """on CUDA, keep the reference model's shards in CPU memory"""
+    logprob_token_budget: int = 16384
+    """padded tokens per micro-batch in the no-grad log-prob passes"""
+    # ---- evaluation, checkpoints
+    eval_every: int = 8
+    """evaluation on the held-out set every N steps (and at the start and the end)"""
+    eval_samples_per_prompt: int = 1
+    """completions per held-out problem (`eval/pass_at_k` uses all of them)"""
+    eval_temperature: float = 0.0
+    """0 is greedy"""
+    eval_top_p: float = 1.0
+    """nucleus sampling at evaluation"""
+    eval_samples_logged: int = 4
+    """completions shown in the samples table at each evaluation"""
+    save_every: int = 50
+    """checkpoint every N steps (and at the end); 0 saves only at the end"""
+    resume: str | None = None
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from"""
+    # ---- vLLM
+    vllm_gpu_memory_utilization: float = 0.35
+    """fraction of GPU memory for vLLM's weights and KV cache while awake"""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs per vLLM replica"""
+    vllm_cpu_kv_cache_gb: float = 1.0
+    """on CPU: KV cache size per rank"""
+
+
+PRESETS = {
+    "default": Args(),
+    "tiny": Args(preset="tiny", model="tiny_models/countdown", synthetic=True, synthetic_num_numbers=(3,),
+                 synthetic_max_number=20, synthetic_max_target=50, train_size=20_000, test_size=128,
+                 num_steps=40, prompts_per_step=16, samples_per_prompt=8, max_response_tokens=48,
+                 mini_batch_size=64, micro_batch_size=32, learning_rate=1e-4, kl_coef=0.0, eval_every=10,
+                 save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
+}
+
+R1_TEMPLATE = (  # TinyZero's base-model prompt: https://github.com/Jiayi-Pan/TinyZero/blob/main/examples/data_preprocess/countdown.py
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
+    "first thinks about the reasoning process in the mind and then provides the user with the answer.\n"
+    "User: {question}\nAssistant: Let me solve this step by step.\n<think>"
+)
+QUESTION = ("Using the numbers {numbers}, create an equation that equals {target}. You can use basic arithmetic "
+            "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
+            "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.")
+STOP = ["</answer>"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task: data, prompt, reward (the three things to change when forking this script for another task)
+# ---------------------------------------------------------------------------------------------------------------
+def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
+    """(train, test) lists of {"nums": [...], "target": int}."""
+    if not args.synthetic:
+        try:
+            import datasets
+
+            rows = datasets.load_dataset(args.dataset, split="train")
+        except Exception as e:  # no hub (offline machine): fall back, loudly, to generated problems
+            print0(f"notice: cannot load {args.dataset!r} ({type(e).__name__}); using generated problems instead")
+        else:
+            missing = {args.numbers_field, args.target_field} - set(rows.column_names)
+            if missing:
+                raise ConfigError(f"dataset {args.dataset!r} has no field(s) {sorted(missing)} (it has {rows.column_names}): "
+                                  "set --numbers-field / --target-field")
+            if len(rows) < args.train_size + args.test_size:
+                raise ConfigError(f"dataset has {len(rows)} rows < train_size + test_size: lower --train-size")
+            rows = rows.select(range(args.train_size + args.test_size))
+            problems = [{"nums": list(n), "target": int(t)} for n, t in zip(rows[args.numbers_field], rows[args.target_field])]
+            return problems[: args.train_size], problems[args.train_size:]
+    problems = make_countdown_problems(args.train_size + args.test_size, seed=args.seed, num_numbers=args.synthetic_num_numbers,
+                                       max_number=args.synthetic_max_number, max_target=args.synthetic_max_target)
+    return problems[: args.train_size], problems[args.train_size:]
+
+
+def make_prompt(problem: dict, tokenizer, template: str) -> str:
+    """The text the model continues. base: TinyZero's template; chat: the same question in the chat template."""
+    question = QUESTION.format(numbers=problem["nums"], target=problem["target"])
+    if template == "base":
+        return R1_TEMPLATE.format(question=question)
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "Let me solve this step by step.\n<think>"
+
+
+def grade(text: str, problem: dict) -> tuple[float, str]:
+    """(reward, reason): 1.0 correct, 0.1 an answer tag but a wrong or invalid equation, 0.0 no answer tag."""
+    g = grade_countdown(text, problem["nums"], problem["target"])
+    return g.reward, g.reason
+
+
+def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
+    """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
+    so a resumed run continues exactly where the first one stopped.
+
+    >>> batch_indices(0, 4, 10, seed=0) == batch_indices(0, 4, 10, seed=0)
+    True
+    """
+    out, permutations = [], {}
+    for k in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, i = divmod(k, num_problems)
+        if epoch not in permutations:
+            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
+        out.append(int(permutations[epoch][i]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Algorithm: advantages and loss
+# ---------------------------------------------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantage of each sample relative to the other samples of its prompt.
+
+    rewards (B,), group_ids (B,) = index of the prompt of each sample (any order) -> advantages (B,).
+    Example: rewards [1, 0, 0.1, 0.1], groups [0, 0, 1, 1], scale_by_std=False -> [0.5, -0.5, 0, 0].
+    """
+    advantages = torch.zeros_like(rewards)                                      # (B,)
+    for g in group_ids.unique():
+        members = group_ids == g                                                # (B,)
+        r = rewards[members]                                                    # (G,)
+        a = r - r.mean()
+        if scale_by_std:  # DeepSeekMath eq. in §4.1.2; Dr. GRPO drops it (it favours too easy / too hard prompts)
+            a = a / (r.std() + eps) if len(r) > 1 else a
+        advantages[members] = a
+    return advantages
+
+
+def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_ratio: float):
+    """Per-token PPO-clip loss and k3 KL estimate. All inputs (b, l); advantages broadcast per token.
+
+    pg = -min(ratio * A, clip(ratio, 1 - c, 1 + c) * A),  ratio = exp(logp - logp_old)      (PPO eq. 7)
+    kl = exp(ref - logp) - (ref - logp) - 1   (k3: unbiased, always >= 0; http://joschu.net/blog/kl-approx.html)
+    Returns pg (b, l), kl (b, l), clipped (b, l) bool.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)                                  # (b, l)
+    unclipped = ratio * advantages                                              # (b, l)
+    clipped = torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * advantages   # (b, l)
+    pg = -torch.minimum(unclipped, clipped)                                     # (b, l)
+    log_ratio_ref = ref_logprobs - logprobs                                     # (b, l)
+    kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1                           # (b, l)
+    return pg, kl, clipped < unclipped
+
+
+def main() -> None:
+    args = parse_args(Args, PRESETS)
+    # ---- check every setting before any model loads
+    dist = init_distributed()
+    world = dist.world_size
+    local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
+    rollout_size = args.prompts_per_step * args.samples_per_prompt
+    num_mini = exact_div(rollout_size, args.mini_batch_size, "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
+    local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
+    exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
+    check_model_source(args.model)
+    run_dir = Path(args.out_dir) / args.exp_name
+    seed_everything(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set, test_set = load_problems(args)
+    if len(test_set) == 0:
+        raise ConfigError("the held-out set is empty: set --test-size > 0")
+    prompt_len = lambda p: len(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids)
+    longest = max(map(prompt_len, test_set + [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]))
+    if longest > args.max_prompt_tokens:
+        raise ConfigError(f"a prompt has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
+
+    # ---- models: policy (trained), reference (frozen, for the KL term), one vLLM engine per rank
+    on_gpu = dist.device.type == "cuda"
+    policy = load_policy(args.model, dist, bf16=args.bf16 and on_gpu, activation_checkpointing=args.activation_checkpointing)
+    reference = (load_policy(args.model, dist, bf16=args.bf16 and on_gpu, trainable=False, cpu_offload=args.ref_cpu_offload and on_gpu)
+                 if args.kl_coef > 0 else None)
+    optimizer = build_optimizer(policy, args.learning_rate, weight_decay=args.weight_decay)
+    total_updates = args.num_steps * args.epochs_per_rollout * num_mini
+    scheduler = build_scheduler(optimizer, args.lr_schedule, args.warmup_steps, total_updates)
+    engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                           tensor_parallel_size=args.vllm_tensor_parallel_size,
+                           gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                           cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+    trained = dict(models={"policy": policy}, optimizers={"policy": optimizer}, schedulers={"policy": scheduler})
+    start_step = 0
+    if args.resume:
+        start_step = load_checkpoint(Path(args.resume), dist, **trained)["step"]
+        print0(f"resumed from {args.resume} at step {start_step}")
+    logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
+                       run_name=args.exp_name, resume=bool(args.resume),
+                       console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
+                                     "train/kl", "train/vllm_logprob_gap", "time/step_s"))
+    timer = PhaseTimer(dist.device)
+    eval_history: list[tuple[int, float]] = []
+
+    def evaluate(step: int) -> dict[str, float]:
+        """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
+        mine = test_set[dist.rank:: world]
+        k = args.eval_samples_per_prompt
+        groups = engine.generate([tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in mine], n=k,
+                                 temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
+                                 stop=STOP, seed=args.seed + 1, step=step)
+        grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
+        flat = [r for gr in grades for r in gr]
+        stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
+                              "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
+                              "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
+                              "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
+        logger.log_samples([{"prompt": tokenizer.decode(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids[-60:]),
+                             "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
+                            for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
+        eval_history.append((step, stats["eval/accuracy"]))
+        return stats
+
+    started = time.time()
+    progress = tqdm(range(start_step, args.num_steps), initial=start_step, total=args.num_steps, disable=not dist.is_main,
+                    desc="GRPO", dynamic_ncols=True)
+    for step in progress:
+        step_start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        # ===== 1. rollout: wake vLLM, push the current weights, (evaluate), sample G completions per prompt, sleep
+        with timer("sync"):
+            engine.wake_and_sync(policy, hf_named_parameters(policy))
+        if step % args.eval_every == 0:
+            with timer("eval"):
+                metrics.update(evaluate(step))
+        indices = batch_indices(step, args.prompts_per_step, len(train_set), args.seed)
+        problems = [train_set[i] for i in indices[dist.rank * local_prompts: (dist.rank + 1) * local_prompts]]  # this rank's shard
+        prompt_ids = [tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in problems]
+        with timer("generate"):
+            groups = engine.generate(prompt_ids, n=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
+                                     max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step)
+        engine.sleep()
+        # the G samples of a prompt stay together on this rank: group statistics need no communication
+        samples = [(i, c) for i, g in enumerate(groups) for c in g]
+        group_ids = torch.tensor([i for i, _ in samples])                                               # (B,)
+        batch = pad_batch([prompt_ids[i] for i, _ in samples], [c.token_ids for _, c in samples], pad_id)  # (B, L) each
+        mask = batch["response_mask"]                                                                   # (B, L)
+
+        # ===== 2. grade
+        with timer("grade"):
+            grades = [grade(c.text, problems[i]) for i, c in samples]
+        rewards = torch.tensor([r for r, _ in grades], dtype=torch.float32)                             # (B,)
+
+        # ===== 3. old and reference log-probs (no grad), recomputed by the trainer
+        with timer("logprob"):
+            old_logprobs, _ = logprobs_in_micro_batches(policy, batch, temperature=args.temperature,
+                                                        max_tokens=args.logprob_token_budget, device=dist.device)  # (B, L)
+            ref_logprobs = (logprobs_in_micro_batches(reference, batch, temperature=args.temperature,
+                                                      max_tokens=args.logprob_token_budget, device=dist.device)[0]
+                            if reference is not None else old_logprobs)                                # (B, L)
+        vllm_logprobs = torch.zeros_like(old_logprobs)                                                  # (B, L)
+        vllm_logprobs[mask] = torch.tensor([lp for _, c in samples for lp in c.logprobs])
+
+        # ===== 4. advantages, per prompt over its G samples; every token of a response shares its sample's
+        sample_advantages = group_advantages(rewards, group_ids, scale_by_std=args.advantage == "grpo")  # (B,)
+        advantages = sample_advantages[:, None] * mask                                                  # (B, L)
+
+        # ===== 5. policy update: epochs x mini-batches x micro-batches, one optimizer step per mini-batch
+        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # key -> [sum, count] on this rank
+        with timer("train"):
+            rng = random.Random(args.seed * 100_003 + step)  # shuffle after advantages are computed, never before
+            for _ in range(args.epochs_per_rollout):
+                order = rng.sample(range(len(samples)), len(samples))
+                for m in range(num_mini):
+                    mini = sorted(order[m * local_mini: (m + 1) * local_mini], key=lambda i: -int(mask[i].sum()))  # less padding
+                    # loss normaliser over the whole mini-batch on all ranks, so the gradient does not depend on
+                    # how the batch is split into micro-batches or ranks (DESIGN.md)
+                    if args.advantage == "grpo":
+                        normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
+                    else:  # Dr. GRPO: a constant, the same for every batch
+                        normaliser = float(args.mini_batch_size * args.max_response_tokens)
+                    for u in range(0, local_mini, args.micro_batch_size):
+                        rows = mini[u: u + args.micro_batch_size]
+                        mb = select_rows(batch, rows, dist.device)
+                        l = mb["input_ids"].shape[1]
+                        logprobs, entropy = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], args.temperature)  # (b, l)
+                        m_tok = mb["response_mask"].float()                                                  # (b, l)
+                        pg, kl, clipped = policy_loss_terms(logprobs, old_logprobs[rows, :l].to(dist.device),
+                                                            ref_logprobs[rows, :l].to(dist.device),
+                                                            advantages[rows, :l].to(dist.device), args.clip_ratio)  # (b, l)
+                        loss = ((pg + args.kl_coef * kl) * m_tok).sum() / normaliser
+                        # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
+                        (loss * world).backward()
+                        n_tok = float(m_tok.sum())
+                        for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
+                                           ("train/clip_frac", clipped.float())):
+                            totals[key][0] += float((value.detach() * m_tok).sum())
+                            totals[key][1] += n_tok
+                    grad_norm = clip_grad_norm(policy, args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    totals["train/grad_norm"][0] += grad_norm
+                    totals["train/grad_norm"][1] += 1.0 / world  # every rank sees the same global norm
+
+        # ===== 6. log (one all-reduce for all sums and counts)
+        lengths = mask.sum(-1).float()                                                                  # (B,)
+        n = float(len(samples))
+        reasons = Counter(why for _, why in grades)
+        totals.update({
+            "reward/mean": [float(rewards.sum()), n],
+            "reward/accuracy": [float((rewards == 1.0).sum()), n],
+            "reward/format_rate": [n - reasons["no_answer"], n],
+            **{f"reward/reason_{r}": [float(reasons[r]), n] for r in REASONS},
+            "reward/solved_prompt_frac": [float(len(set(group_ids[rewards == 1.0].tolist()))), float(len(problems))],
+            "rollout/response_len_mean": [float(lengths.sum()), n],
+            "rollout/truncated": [float(sum(c.finish_reason == "length" for _, c in samples)), n],
+            "rollout/tokens": [float(lengths.sum()), 1.0 / world],
+            "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[mask].abs().sum()), float(mask.sum())],
+            "train/advantage_abs": [float(sample_advantages.abs().sum()), n],
+        })
+        metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
+        metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)
+        times = timer.pop()
+        metrics.update(times)
+        metrics.update({
+            "train/lr": scheduler.get_last_lr()[0],
+            "time/step_s": time.perf_counter() - step_start,
+            "perf/generate_tokens_per_s": metrics["rollout/tokens"] / max(times["time/generate_s"], 1e-9),
+            "perf/peak_mem_gb": peak_memory_gb(dist.device),
+        })
+        logger.log(metrics, step)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['reward/accuracy']:.3f}")
+
+        # ===== 7. checkpoint
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.num_steps:
+            with timer("checkpoint"):
+                save_checkpoint(run_dir / f"step_{step + 1:06d}", dist, **trained, state={"step": step + 1}, tokenizer=tokenizer)
+
+    # ===== final evaluation and checkpoint
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    final = evaluate(args.num_steps)
+    engine.sleep()
+    logger.log(final, args.num_steps)
+    save_checkpoint(run_dir / f"step_{args.num_steps:06d}", dist, **trained, state={"step": args.num_steps}, tokenizer=tokenizer)
+    first_step, first_acc = eval_history[0]
+    print0(f"held-out accuracy {100 * first_acc:.1f}% (step {first_step}) -> {100 * final['eval/accuracy']:.1f}% "
+           f"(step {args.num_steps}) in {(time.time() - started) / 60:.1f} min; outputs in {run_dir}")
+    logger.finish(plot_keys=("reward/mean", "eval/accuracy"))
+    engine.shutdown()
+    del policy, reference, optimizer, scheduler, trained
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

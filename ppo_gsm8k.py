@@ -1,0 +1,523 @@
+"""PPO with a learned critic (GAE) on GSM8K, in one file.
+
+Algorithm (PPO https://arxiv.org/abs/1707.06347 with GAE https://arxiv.org/abs/1506.02438, applied to LLMs as in
+InstructGPT https://arxiv.org/abs/2203.02155 and oat's GSM8K run https://github.com/sail-sg/oat): for each step,
+sample G completions for each of P questions from the current policy (vLLM), grade them (`rewards.gsm8k`: 1 if the
+final number equals the reference, else 0), put that reward on the last response token, estimate per-token
+advantages with a critic (a value model trained alongside) and GAE, and take several epochs of PPO-clip steps on
+the policy and of clipped value regression on the critic, with a k3 KL term to the frozen initial policy.
+
+Departures from the papers, all deliberate:
+- Token-level loss aggregation (DAPO https://arxiv.org/abs/2503.14476 §3.3) for both losses: the mean over every
+  response token of the mini-batch, on all ranks together.
+- KL to the reference as a loss term (k3, as in GRPO) by default; the classic per-token KL penalty in the reward
+  (InstructGPT eq. 2) is available with `--kl-penalty-coef` and is 0 by default, as in oat's run.
+- gamma = lambda = 1 by default (oat's setting): the advantage of token t is then R - V(s_t).
+- Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap between the two is logged
+  (`train/vllm_logprob_gap`), since a silent mismatch is a known failure of colocated RL.
+
+Launch:
+    torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
+    torchrun --nproc_per_node 2 ppo_gsm8k.py --preset tiny              # the shipped tiny model, 2 CPU processes
+    python ppo_gsm8k.py --preset tiny --num-steps 3                     # one process
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import ConfigError, check_model_source, exact_div, parse_args
+from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
+from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
+from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
+                          logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
+from common.vllm_engine import ColocatedVLLM
+from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference
+
+
+@dataclass
+class Args:
+    # ---- experiment
+    exp_name: str = "ppo_gsm8k"
+    """name of the run: outputs go to <out_dir>/<exp_name>"""
+    preset: str = "default"
+    """`default` (rho-1b-sft-GSM8K, 8 GPUs) or `tiny` (the shipped tiny model on a 2-core CPU); other flags override it"""
+    seed: int = 1
+    """seeds model init, data order and (with step and rank) vLLM sampling"""
+    out_dir: str = "runs"
+    """metrics.jsonl, samples.jsonl, metrics.png and checkpoints go under <out_dir>/<exp_name>"""
+    track: bool = False
+    """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
+    wandb_project: str = "r1-clean"
+    """wandb project name"""
+    # ---- model
+    model: str = "lkevinzc/rho-1b-sft-GSM8K"
+    """policy to train (and the critic's initial backbone): a local Hugging Face directory or a hub id"""
+    bf16: bool = True
+    """on CUDA, compute in bfloat16 with float32 master weights and gradient reduction (CPU always uses float32)"""
+    activation_checkpointing: bool = True
+    """recompute decoder-layer activations in backward (less memory, ~30% more compute)"""
+    # ---- data
+    dataset: str = "openai/gsm8k"
+    """Hugging Face dataset with train and test splits; `use_local_data` reads `local_data_dir` instead"""
+    dataset_config: str = "main"
+    """dataset configuration name"""
+    question_field: str = "question"
+    """column with the question"""
+    answer_field: str = "answer"
+    """column with the reference: GSM8K's worked answer ending in `#### N`, or a bare number (`answer_is_final`)"""
+    answer_is_final: bool = False
+    """the answer column already holds the final number (e.g. a `final_answer` column)"""
+    train_size: int = 0
+    """use the first N training questions (0: all)"""
+    test_size: int = 0
+    """use the first N test questions (0: all 1,319)"""
+    use_local_data: bool = False
+    """read `local_data_dir`/{train,test}.jsonl (also the automatic fallback when the hub is unreachable)"""
+    local_data_dir: str = "data/word_problems"
+    """GSM8K-format JSONL files written for this project (`question`, `answer` ending in `#### N`)"""
+    prompt_template: Literal["chat", "base"] = "chat"
+    """`chat`: the tokenizer's chat template (the SFT model was trained with it); `base`: `BASE_TEMPLATE`"""
+    # ---- rollout
+    num_steps: int = 0
+    """training steps (one rollout + one update each); 0: `data_passes` over the training questions"""
+    data_passes: float = 6.0
+    """passes over the training questions when `num_steps` is 0"""
+    prompts_per_step: int = 64
+    """P: questions per step, over all ranks"""
+    samples_per_prompt: int = 8
+    """G: completions per question"""
+    temperature: float = 1.2
+    """sampling temperature; the trainer divides its logits by the same value"""
+    top_p: float = 0.9
+    """nucleus sampling"""
+    max_prompt_tokens: int = 256
+    """a longer prompt is an error"""
+    max_response_tokens: int = 1024
+    """completions are cut here (counted in `rollout/truncated`)"""
+    # ---- policy update
+    mini_batch_size: int = 64
+    """samples per optimizer step, over all ranks (P*G/mini_batch_size optimizer steps per epoch)"""
+    micro_batch_size: int = 8
+    """samples per forward/backward on each rank (gradient accumulation up to the mini-batch)"""
+    epochs_per_rollout: int = 2
+    """PPO epochs: passes over each rollout"""
+    learning_rate: float = 1e-6
+    """AdamW learning rate of the policy"""
+    critic_learning_rate: float = 1e-6
+    """AdamW learning rate of the critic"""
+    lr_schedule: Literal["constant", "cosine", "polynomial"] = "polynomial"
+    """decay over the whole run after warm-up (both models)"""
+    warmup_steps: int = 0
+    """optimizer steps of linear warm-up"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global norm)"""
+    clip_ratio: float = 0.2
+    """PPO clip: ratios outside [1 - c, 1 + c] get no gradient"""
+    value_clip: float = 0.2
+    """new values stay within +-value_clip of the old ones in the clipped value loss"""
+    kl_coef: float = 1e-4
+    """weight of the k3 KL estimate to the reference policy in the loss"""
+    kl_penalty_coef: float = 0.0
+    """per-token KL penalty in the reward, -coef * (logp_old - logp_ref) (InstructGPT); the reference model loads if either coefficient is > 0"""
+    gamma: float = 1.0
+    """GAE discount"""
+    gae_lambda: float = 1.0
+    """GAE lambda"""
+    whiten_advantages: bool = False
+    """normalise advantages to mean 0, std 1 over the rollout (all ranks)"""
+    ref_cpu_offload: bool = False
+    """on CUDA, keep the reference model's shards in CPU memory"""
+    logprob_token_budget: int = 16384
+    """padded tokens per micro-batch in the no-grad log-prob passes"""
+    # ---- evaluation, checkpoints
+    eval_every: int = 50
+    """evaluation on the held-out set every N steps (and at the start and the end)"""
+    eval_samples_per_prompt: int = 16
+    """completions per held-out problem (`eval/pass_at_k` uses all of them)"""
+    eval_temperature: float = 0.35
+    """0 is greedy"""
+    eval_top_p: float = 0.9
+    """nucleus sampling at evaluation"""
+    eval_samples_logged: int = 4
+    """completions shown in the samples table at each evaluation"""
+    save_every: int = 50
+    """checkpoint every N steps (and at the end); 0 saves only at the end"""
+    resume: str | None = None
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from"""
+    # ---- vLLM
+    vllm_gpu_memory_utilization: float = 0.35
+    """fraction of GPU memory for vLLM's weights and KV cache while awake"""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs per vLLM replica"""
+    vllm_cpu_kv_cache_gb: float = 1.0
+    """on CPU: KV cache size per rank"""
+
+
+PRESETS = {
+    "default": Args(),
+    "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True, test_size=128,
+                 num_steps=40, prompts_per_step=16, samples_per_prompt=8, temperature=1.0, max_response_tokens=64,
+                 mini_batch_size=64, micro_batch_size=32, learning_rate=1e-4, critic_learning_rate=1e-4, kl_coef=0.0,
+                 eval_every=10, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
+                 save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
+}
+
+BASE_TEMPLATE = "Question: {question}\nAnswer:"
+STOP = ["\n\nQuestion", "\n\nProblem"]  # oat's stop strings: an SFT model goes on to invent the next question
+REASONS = ("correct", "no_answer", "wrong_value")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task: data, prompt, reward (the three things to change when forking this script for another task)
+# ---------------------------------------------------------------------------------------------------------------
+def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
+    """(train, test) lists of {"question": str, "answer": reference number as a string}."""
+    splits = None
+    if not args.use_local_data:
+        try:
+            import datasets
+
+            splits = datasets.load_dataset(args.dataset, args.dataset_config)
+        except Exception as e:  # no hub (offline machine): fall back, loudly, to the project's files
+            print0(f"notice: cannot load {args.dataset!r} ({type(e).__name__}); using {args.local_data_dir} instead")
+    if splits is None:
+        splits = {name: [json.loads(line) for line in (Path(args.local_data_dir) / f"{name}.jsonl").read_text().splitlines() if line]
+                  for name in ("train", "test")}
+    out = []
+    for name, size in (("train", args.train_size), ("test", args.test_size)):
+        rows = splits[name]
+        columns = rows.column_names if hasattr(rows, "column_names") else list(rows[0])
+        missing = {args.question_field, args.answer_field} - set(columns)
+        if missing:
+            raise ConfigError(f"dataset {args.dataset!r} ({name}) has no field(s) {sorted(missing)} (it has {columns}): "
+                              "set --question-field / --answer-field")
+        rows = list(rows)[: size or None]
+        out.append([{"question": r[args.question_field],
+                     "answer": str(r[args.answer_field]).strip() if args.answer_is_final else parse_reference(r[args.answer_field])}
+                    for r in rows])
+    return out[0], out[1]
+
+
+def make_prompt(problem: dict, tokenizer, template: str) -> str:
+    """The text the model continues. chat: the question as a user message in the chat template; base: plain text."""
+    if template == "base":
+        return BASE_TEMPLATE.format(question=problem["question"])
+    messages = [{"role": "user", "content": problem["question"]}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def grade(text: str, problem: dict) -> tuple[float, str]:
+    """(reward, reason): 1.0 when the final number equals the reference, else 0.0."""
+    if extract_answer(text) is None:
+        return 0.0, "no_answer"
+    return (1.0, "correct") if gsm8k_reward(text, problem["answer"]) == 1.0 else (0.0, "wrong_value")
+
+
+def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
+    """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
+    so a resumed run continues exactly where the first one stopped.
+
+    >>> batch_indices(0, 4, 10, seed=0) == batch_indices(0, 4, 10, seed=0)
+    True
+    """
+    out, permutations = [], {}
+    for k in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, i = divmod(k, num_problems)
+        if epoch not in permutations:
+            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
+        out.append(int(permutations[epoch][i]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Algorithm: advantages and loss
+# ---------------------------------------------------------------------------------------------------------------
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation (https://arxiv.org/abs/1506.02438 eq. 16) over right-padded responses.
+
+    rewards, values (B, L) float, mask (B, L) bool (True on response tokens, one contiguous run per row).
+    delta_t = r_t + gamma * V_{t+1} - V_t (V after the last token is 0);  A_t = delta_t + gamma * lam * A_{t+1}.
+    Returns advantages, returns = advantages + values, both (B, L) and 0 outside the mask.
+    Example: one response of 2 tokens, rewards [0, 1], values [0.5, 0.8], gamma = lam = 1 -> A = [0.5, 0.2].
+    """
+    advantages = torch.zeros_like(rewards)                                      # (B, L)
+    next_value = torch.zeros_like(rewards[:, 0])                                # (B,)
+    next_advantage = torch.zeros_like(rewards[:, 0])                            # (B,)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]               # (B,)
+        a = delta + gamma * lam * next_advantage                                # (B,)
+        # outside the response nothing is carried: after it, V and A stay 0; before it, they are never used
+        next_advantage = torch.where(mask[:, t], a, next_advantage)
+        next_value = torch.where(mask[:, t], values[:, t], next_value)
+        advantages[:, t] = torch.where(mask[:, t], a, torch.zeros_like(a))
+    return advantages, (advantages + values) * mask
+
+
+def value_loss_terms(values, old_values, returns, value_clip: float):
+    """Per-token clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, +-c)
+    (PPO2's value clipping, https://github.com/openai/baselines/blob/ea25b9e8/baselines/ppo2/model.py#L68-L75).
+    All inputs (b, l). Returns loss (b, l) and clipped (b, l) bool (the clipped term was the larger one)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -value_clip, value_clip)  # (b, l)
+    unclipped_loss = (values - returns) ** 2                                    # (b, l)
+    clipped_loss = (clipped_values - returns) ** 2                              # (b, l)
+    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), clipped_loss > unclipped_loss
+
+
+def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_ratio: float):
+    """Per-token PPO-clip loss and k3 KL estimate. All inputs (b, l); advantages broadcast per token.
+
+    pg = -min(ratio * A, clip(ratio, 1 - c, 1 + c) * A),  ratio = exp(logp - logp_old)      (PPO eq. 7)
+    kl = exp(ref - logp) - (ref - logp) - 1   (k3: unbiased, always >= 0; http://joschu.net/blog/kl-approx.html)
+    Returns pg (b, l), kl (b, l), clipped (b, l) bool.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)                                  # (b, l)
+    unclipped = ratio * advantages                                              # (b, l)
+    clipped = torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * advantages   # (b, l)
+    pg = -torch.minimum(unclipped, clipped)                                     # (b, l)
+    log_ratio_ref = ref_logprobs - logprobs                                     # (b, l)
+    kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1                           # (b, l)
+    return pg, kl, clipped < unclipped
+
+
+def main() -> None:
+    args = parse_args(Args, PRESETS)
+    # ---- check every setting before any model loads
+    dist = init_distributed()
+    world = dist.world_size
+    local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
+    rollout_size = args.prompts_per_step * args.samples_per_prompt
+    num_mini = exact_div(rollout_size, args.mini_batch_size, "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
+    local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
+    exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
+    check_model_source(args.model)
+    run_dir = Path(args.out_dir) / args.exp_name
+    seed_everything(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set, test_set = load_problems(args)
+    if len(test_set) == 0:
+        raise ConfigError("the held-out set is empty: set --test-size > 0")
+    if args.num_steps == 0:  # derived: `data_passes` over the training questions
+        args.num_steps = math.ceil(args.data_passes * len(train_set) / args.prompts_per_step)
+    prompt_len = lambda p: len(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids)
+    longest = max(map(prompt_len, test_set + [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]))
+    if longest > args.max_prompt_tokens:
+        raise ConfigError(f"a prompt has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
+
+    # ---- models: policy and critic (trained), reference (frozen, for the KL terms), one vLLM engine per rank
+    on_gpu = dist.device.type == "cuda"
+    policy = load_policy(args.model, dist, bf16=args.bf16 and on_gpu, activation_checkpointing=args.activation_checkpointing)
+    critic = load_critic(args.model, dist, bf16=args.bf16 and on_gpu, activation_checkpointing=args.activation_checkpointing)
+    reference = (load_policy(args.model, dist, bf16=args.bf16 and on_gpu, trainable=False, cpu_offload=args.ref_cpu_offload and on_gpu)
+                 if args.kl_coef > 0 or args.kl_penalty_coef > 0 else None)
+    optimizer = build_optimizer(policy, args.learning_rate, weight_decay=args.weight_decay)
+    critic_optimizer = build_optimizer(critic, args.critic_learning_rate, weight_decay=args.weight_decay)
+    total_updates = args.num_steps * args.epochs_per_rollout * num_mini
+    scheduler = build_scheduler(optimizer, args.lr_schedule, args.warmup_steps, total_updates)
+    critic_scheduler = build_scheduler(critic_optimizer, args.lr_schedule, args.warmup_steps, total_updates)
+    engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                           tensor_parallel_size=args.vllm_tensor_parallel_size,
+                           gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                           cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+    trained = dict(models={"policy": policy, "critic": critic}, optimizers={"policy": optimizer, "critic": critic_optimizer},
+                   schedulers={"policy": scheduler, "critic": critic_scheduler})
+    start_step = 0
+    if args.resume:
+        start_step = load_checkpoint(Path(args.resume), dist, **trained)["step"]
+        print0(f"resumed from {args.resume} at step {start_step}")
+    logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
+                       run_name=args.exp_name, resume=bool(args.resume),
+                       console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
+                                     "train/kl", "train/vllm_logprob_gap", "time/step_s"))
+    timer = PhaseTimer(dist.device)
+    eval_history: list[tuple[int, float]] = []
+
+    def evaluate(step: int) -> dict[str, float]:
+        """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
+        mine = test_set[dist.rank:: world]
+        k = args.eval_samples_per_prompt
+        groups = engine.generate([tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in mine], n=k,
+                                 temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
+                                 stop=STOP, seed=args.seed + 1, step=step)
+        grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
+        flat = [r for gr in grades for r in gr]
+        stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
+                              "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
+                              "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
+                              "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
+        logger.log_samples([{"prompt": tokenizer.decode(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids[-60:]),
+                             "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
+                            for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
+        eval_history.append((step, stats["eval/accuracy"]))
+        return stats
+
+    started = time.time()
+    progress = tqdm(range(start_step, args.num_steps), initial=start_step, total=args.num_steps, disable=not dist.is_main,
+                    desc="PPO", dynamic_ncols=True)
+    for step in progress:
+        step_start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        # ===== 1. rollout: wake vLLM, push the current weights, (evaluate), sample G completions per question, sleep
+        with timer("sync"):
+            engine.wake_and_sync(policy, hf_named_parameters(policy))
+        if step % args.eval_every == 0:
+            with timer("eval"):
+                metrics.update(evaluate(step))
+        indices = batch_indices(step, args.prompts_per_step, len(train_set), args.seed)
+        problems = [train_set[i] for i in indices[dist.rank * local_prompts: (dist.rank + 1) * local_prompts]]  # this rank's shard
+        prompt_ids = [tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in problems]
+        with timer("generate"):
+            groups = engine.generate(prompt_ids, n=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
+                                     max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step)
+        engine.sleep()
+        samples = [(i, c) for i, g in enumerate(groups) for c in g]
+        group_ids = torch.tensor([i for i, _ in samples])                                               # (B,)
+        batch = pad_batch([prompt_ids[i] for i, _ in samples], [c.token_ids for _, c in samples], pad_id)  # (B, L) each
+        mask = batch["response_mask"]                                                                   # (B, L)
+
+        # ===== 2. grade
+        with timer("grade"):
+            grades = [grade(c.text, problems[i]) for i, c in samples]
+        rewards = torch.tensor([r for r, _ in grades], dtype=torch.float32)                             # (B,)
+
+        # ===== 3. old and reference log-probs and old values (no grad), recomputed by the trainer
+        with timer("logprob"):
+            old_logprobs, _ = logprobs_in_micro_batches(policy, batch, temperature=args.temperature,
+                                                        max_tokens=args.logprob_token_budget, device=dist.device)  # (B, L)
+            ref_logprobs = (logprobs_in_micro_batches(reference, batch, temperature=args.temperature,
+                                                      max_tokens=args.logprob_token_budget, device=dist.device)[0]
+                            if reference is not None else old_logprobs)                                # (B, L)
+            old_values = values_in_micro_batches(critic, batch, max_tokens=args.logprob_token_budget, device=dist.device) * mask  # (B, L)
+        vllm_logprobs = torch.zeros_like(old_logprobs)                                                  # (B, L)
+        vllm_logprobs[mask] = torch.tensor([lp for _, c in samples for lp in c.logprobs])
+
+        # ===== 4. advantages: the task reward on each response's last token (+ optional KL penalty per token), GAE
+        last = (mask * torch.arange(mask.shape[1])).argmax(-1)                                          # (B,)
+        token_rewards = -args.kl_penalty_coef * (old_logprobs - ref_logprobs) * mask                    # (B, L)
+        token_rewards[torch.arange(len(samples)), last] += rewards
+        advantages, returns = gae(token_rewards, old_values, mask, args.gamma, args.gae_lambda)          # (B, L) each
+        if args.whiten_advantages:  # over all response tokens of all ranks
+            moments = global_means({"m": (float(advantages[mask].sum()), float(mask.sum())),
+                                    "m2": (float((advantages[mask] ** 2).sum()), float(mask.sum()))}, dist.device)
+            advantages = (advantages - moments["m"]) / math.sqrt(max(moments["m2"] - moments["m"] ** 2, 0.0) + 1e-8) * mask
+
+        # ===== 5. policy and critic update: epochs x mini-batches x micro-batches, one optimizer step per mini-batch
+        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # key -> [sum, count] on this rank
+        with timer("train"):
+            rng = random.Random(args.seed * 100_003 + step)  # shuffle after advantages are computed, never before
+            for _ in range(args.epochs_per_rollout):
+                order = rng.sample(range(len(samples)), len(samples))
+                for m in range(num_mini):
+                    mini = sorted(order[m * local_mini: (m + 1) * local_mini], key=lambda i: -int(mask[i].sum()))  # less padding
+                    # loss normaliser over the whole mini-batch on all ranks, so the gradient does not depend on
+                    # how the batch is split into micro-batches or ranks (DESIGN.md)
+                    normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
+                    for u in range(0, local_mini, args.micro_batch_size):
+                        rows = mini[u: u + args.micro_batch_size]
+                        mb = select_rows(batch, rows, dist.device)
+                        l = mb["input_ids"].shape[1]
+                        logprobs, entropy = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], args.temperature)  # (b, l)
+                        m_tok = mb["response_mask"].float()                                                  # (b, l)
+                        pg, kl, clipped = policy_loss_terms(logprobs, old_logprobs[rows, :l].to(dist.device),
+                                                            ref_logprobs[rows, :l].to(dist.device),
+                                                            advantages[rows, :l].to(dist.device), args.clip_ratio)  # (b, l)
+                        values = critic(mb["input_ids"], mb["attention_mask"])                                   # (b, l)
+                        vf, vf_clipped = value_loss_terms(values, old_values[rows, :l].to(dist.device),
+                                                          returns[rows, :l].to(dist.device), args.value_clip)       # (b, l)
+                        loss = ((pg + args.kl_coef * kl + vf) * m_tok).sum() / normaliser  # two models: one backward fills both
+                        # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
+                        (loss * world).backward()
+                        n_tok = float(m_tok.sum())
+                        for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
+                                           ("train/clip_frac", clipped.float()), ("train/value_loss", vf),
+                                           ("train/value_clip_frac", vf_clipped.float())):
+                            totals[key][0] += float((value.detach() * m_tok).sum())
+                            totals[key][1] += n_tok
+                    for name, model, opt, sched in (("grad_norm", policy, optimizer, scheduler),
+                                                    ("critic_grad_norm", critic, critic_optimizer, critic_scheduler)):
+                        totals[f"train/{name}"][0] += clip_grad_norm(model, args.max_grad_norm)
+                        totals[f"train/{name}"][1] += 1.0 / world  # every rank sees the same global norm
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad(set_to_none=True)
+
+        # ===== 6. log (one all-reduce for all sums and counts)
+        lengths = mask.sum(-1).float()                                                                  # (B,)
+        n = float(len(samples))
+        reasons = Counter(why for _, why in grades)
+        totals.update({
+            "reward/mean": [float(rewards.sum()), n],
+            "reward/accuracy": [float((rewards == 1.0).sum()), n],
+            "reward/format_rate": [n - reasons["no_answer"], n],
+            **{f"reward/reason_{r}": [float(reasons[r]), n] for r in REASONS},
+            "reward/solved_prompt_frac": [float(len(set(group_ids[rewards == 1.0].tolist()))), float(len(problems))],
+            "rollout/response_len_mean": [float(lengths.sum()), n],
+            "rollout/truncated": [float(sum(c.finish_reason == "length" for _, c in samples)), n],
+            "rollout/tokens": [float(lengths.sum()), 1.0 / world],
+            "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[mask].abs().sum()), float(mask.sum())],
+            "train/advantage_mean": [float(advantages[mask].sum()), float(mask.sum())],
+            "train/advantage_sq": [float((advantages[mask] ** 2).sum()), float(mask.sum())],
+            "train/value_mean": [float(old_values[mask].sum()), float(mask.sum())],
+            "train/return_mean": [float(returns[mask].sum()), float(mask.sum())],
+            "train/return_sq": [float((returns[mask] ** 2).sum()), float(mask.sum())],
+            "train/residual_mean": [float((returns - old_values)[mask].sum()), float(mask.sum())],
+            "train/residual_sq": [float(((returns - old_values)[mask] ** 2).sum()), float(mask.sum())],
+        })
+        metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
+        metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)
+        variance = lambda key: metrics.pop(f"train/{key}_sq") - metrics[f"train/{key}_mean"] ** 2
+        metrics["train/advantage_std"] = math.sqrt(max(variance("advantage"), 0.0))
+        # explained variance of the returns by the old values: 1 is a perfect critic, <= 0 no better than a constant
+        residual_var, return_var = variance("residual"), variance("return")
+        metrics.pop("train/residual_mean")
+        metrics["train/explained_variance"] = 1.0 - residual_var / return_var if return_var > 1e-12 else 0.0  # constant returns
+        times = timer.pop()
+        metrics.update(times)
+        metrics.update({
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/critic_lr": critic_scheduler.get_last_lr()[0],
+            "time/step_s": time.perf_counter() - step_start,
+            "perf/generate_tokens_per_s": metrics["rollout/tokens"] / max(times["time/generate_s"], 1e-9),
+            "perf/peak_mem_gb": peak_memory_gb(dist.device),
+        })
+        logger.log(metrics, step)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['reward/accuracy']:.3f}")
+
+        # ===== 7. checkpoint
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.num_steps:
+            with timer("checkpoint"):
+                save_checkpoint(run_dir / f"step_{step + 1:06d}", dist, **trained, state={"step": step + 1}, tokenizer=tokenizer)
+
+    # ===== final evaluation and checkpoint
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    final = evaluate(args.num_steps)
+    engine.sleep()
+    logger.log(final, args.num_steps)
+    save_checkpoint(run_dir / f"step_{args.num_steps:06d}", dist, **trained, state={"step": args.num_steps}, tokenizer=tokenizer)
+    first_step, first_acc = eval_history[0]
+    print0(f"held-out accuracy {100 * first_acc:.1f}% (step {first_step}) -> {100 * final['eval/accuracy']:.1f}% "
+           f"(step {args.num_steps}) in {(time.time() - started) / 60:.1f} min; outputs in {run_dir}")
+    logger.finish(plot_keys=("reward/mean", "eval/accuracy"))
+    engine.shutdown()
+    del policy, critic, reference, optimizer, critic_optimizer, scheduler, critic_scheduler, trained
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
