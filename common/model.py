@@ -24,49 +24,76 @@ import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
 
-LOGPROB_CHUNK_TOKENS = 1024  # tokens per output-head chunk: (1024, 151936) fp32 logits = 0.6 GB, not 5 GB
+LOGPROB_CHUNK_TOKENS = 512  # rows per output-head chunk: (512, 151936) float32 logits = 0.3 GB, not the 2.5 GB of (4, 1024, V)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Token log-probs without a float32 (B, T, V) tensor
 # ---------------------------------------------------------------------------------------------------
-def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
-    """log p(target) and entropy for N positions. hidden (N, H), weight (V, H), targets (N,)."""
-    logits = (hidden @ weight.T).float() / temperature                  # (N, V)
-    lse = torch.logsumexp(logits, dim=-1)                               # (N,)
-    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse    # (N,)
-    with torch.no_grad():  # entropy is a diagnostic: no gradient, so nothing extra is saved for backward
-        entropy = lse - (logits.softmax(-1) * logits).sum(-1)            # (N,)
-    return logprobs, entropy
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log p(target) and entropy under softmax(hidden @ weight.T / T), one chunk of rows at a time, forward and
+    backward, so no (N, V) tensor ever exists: peak extra memory is a few (chunk, V) buffers.
+
+    Backward recomputes each chunk's logits (one extra matmul, as activation checkpointing would) and uses
+    d log p(y) / d logits = (onehot(y) - softmax) / T, the cross-entropy gradient. Entropy gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int):
+        n = hidden.shape[0]
+        logprobs = torch.empty(n, dtype=torch.float32, device=hidden.device)       # (N,)
+        entropy = torch.empty(n, dtype=torch.float32, device=hidden.device)        # (N,)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)            # (N,)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            logits = (hidden[s:e] @ weight.T).float().div_(temperature)            # (c, V)
+            target_logits = logits.gather(-1, targets[s:e, None]).squeeze(-1)      # (c,)
+            shift = logits.amax(dim=-1, keepdim=True)                               # (c, 1)
+            logits.sub_(shift)                                                      # (c, V), in place: <= 0
+            exp = logits.exp()                                                      # (c, V): the only other buffer
+            sum_exp = exp.sum(-1)                                                   # (c,)
+            lse[s:e] = shift.squeeze(-1) + sum_exp.log()
+            logprobs[s:e] = target_logits - lse[s:e]
+            # H = log(sum_exp) - sum(exp * shifted) / sum_exp, the sum as a batched dot product
+            entropy[s:e] = sum_exp.log() - (exp[:, None, :] @ logits[:, :, None]).view(-1) / sum_exp
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        # summed in the weight's dtype: in bf16 that is one rounding per chunk, no (V, H) float32 buffer
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, g_out = hidden[s: s + ctx.chunk], grad_logprobs[s: s + ctx.chunk, None].float()   # (c, H), (c, 1)
+            logits = (h @ weight.T).float().div_(ctx.temperature)                                # (c, V)
+            grad = logits.sub_(lse[s: s + ctx.chunk, None]).exp_().mul_(-g_out)                  # (c, V): -softmax * g
+            grad.scatter_add_(-1, targets[s: s + ctx.chunk, None], g_out)                        # + onehot * g
+            grad = grad.div_(ctx.temperature).to(hidden.dtype)                                   # (c, V)
+            if grad_hidden is not None:
+                grad_hidden[s: s + ctx.chunk] = grad @ weight                                    # (c, H)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.T, h)                                                    # (V, H)
+        return grad_hidden, grad_weight, None, None, None
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                            temperature: float = 1.0, chunk: int = LOGPROB_CHUNK_TOKENS):
-    """Log-probs of `targets` under softmax(hidden @ weight.T / temperature), `chunk` rows at a time.
-
-    With gradients on, each chunk runs under activation checkpointing: backward recomputes its logits instead
-    of keeping them, so peak memory holds one chunk's (chunk, V) logits whatever N is.
-    hidden (N, H), weight (V, H), targets (N,) -> logprobs (N,), entropy (N,).
+    """Log-probs of `targets` under softmax(hidden @ weight.T / temperature), and the entropies, `chunk` rows at a
+    time in forward and backward (`_ChunkedLogprobs`): peak memory holds a few (chunk, V) buffers whatever N is.
+    hidden (N, H), weight (V, H), targets (N,) -> logprobs (N,) float32, entropy (N,) float32 (no gradient).
 
     Example: hidden = [[1, 0]], weight = [[1, 0], [0, 1]], targets = [0]  ->  logits [1, 0],
     logprobs = [1 - log(e + 1)] = [-0.3133].
     """
-    outs = []
-    for s in range(0, hidden.shape[0], chunk):
-        args = (hidden[s: s + chunk], weight, targets[s: s + chunk], temperature)
-        if torch.is_grad_enabled():
-            outs.append(checkpoint(_head_logprobs, *args, use_reentrant=False))
-        else:
-            outs.append(_head_logprobs(*args))
-    if not outs:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk)
 
 
 class TokenLogprobLM(nn.Module):

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The first command of the README: set up the CPU stack if needed, then train a shipped tiny model on 2 CPU
+# processes and watch held-out accuracy rise.
+#   scripts/demo.sh [grpo|ppo] [extra flags for the script]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup_cpu.sh
+algo=${1:-grpo}; shift || true
+case "$algo" in
+  grpo) script=grpo_countdown.py ;;
+  ppo) script=ppo_gsm8k.py ;;
+  *) echo "usage: scripts/demo.sh [grpo|ppo] [flags]" >&2; exit 2 ;;
+esac
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 VLLM_LOGGING_LEVEL=WARNING
+exec .venv/bin/torchrun --standalone --nproc_per_node 2 "$script" --preset tiny "$@"
