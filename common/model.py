@@ -60,6 +60,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             logprobs[s:e] = target_logits - lse[s:e]
             # H = log(sum_exp) - sum(exp * shifted) / sum_exp, the sum as a batched dot product
             entropy[s:e] = sum_exp.log() - (exp[:, None, :] @ logits[:, :, None]).view(-1) / sum_exp
+            del logits, exp  # before the next chunk allocates: else three (c, V) buffers coexist
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)
@@ -81,6 +82,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_hidden[s: s + ctx.chunk] = grad @ weight                                    # (c, H)
             if grad_weight is not None:
                 grad_weight.addmm_(grad.T, h)                                                    # (V, H)
+            del logits, grad
         return grad_hidden, grad_weight, None, None, None
 
 

@@ -1,0 +1,61 @@
+"""Run both CPU demos from scratch (`--preset tiny`, 2 processes) and print what they achieved.
+
+    python benchmarks/bench_demos.py                 # both; ~25 min on 2 cores
+    python benchmarks/bench_demos.py grpo            # one of them
+
+Targets (2 CPU cores): GRPO raises tiny-Countdown held-out accuracy by >= 15 points within 10 minutes;
+PPO raises tiny-word-problem accuracy by >= 10 points within 15 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMOS = {  # name: (script, target points, target minutes)
+    "grpo": ("grpo_countdown.py", 15.0, 10.0),
+    "ppo": ("ppo_gsm8k.py", 10.0, 15.0),
+}
+
+
+def run_demo(name: str, out_dir: Path) -> dict:
+    script, _, _ = DEMOS[name]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "VLLM_LOGGING_LEVEL": "WARNING"}
+    start = time.perf_counter()
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script, "--preset", "tiny",
+                           "--out-dir", str(out_dir), "--exp-name", name], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    rows = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    steps = max(r["step"] for r in rows)
+    train_s = sum(r.get("time/step_s", 0.0) for r in rows)
+    return {"before": evals[0][1], "after": evals[-1][1], "best": max(a for _, a in evals), "evals": evals,
+            "steps": steps, "wall_min": wall / 60, "loop_min": train_s / 60}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(DEMOS)
+    print(f"{'demo':<6}{'before':>8}{'after':>8}{'gain':>8}{'best':>8}{'steps':>7}{'wall min':>10}{'loop min':>10}  target")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            r = run_demo(name, Path(tmp))
+            _, points, minutes = DEMOS[name]
+            gain = 100 * (r["after"] - r["before"])
+            ok = "OK" if gain >= points and r["wall_min"] <= minutes else "MISSED"
+            print(f"{name:<6}{100 * r['before']:>7.1f}%{100 * r['after']:>7.1f}%{gain:>+8.1f}{100 * r['best']:>7.1f}%"
+                  f"{r['steps']:>7}{r['wall_min']:>10.1f}{r['loop_min']:>10.1f}  +{points:.0f} pts in {minutes:.0f} min: {ok}")
+            print("      held-out accuracy by step: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in r["evals"]))
+
+
+if __name__ == "__main__":
+    main()

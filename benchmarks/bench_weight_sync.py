@@ -1,0 +1,173 @@
+"""Benchmark pushing FSDP2-sharded trainer weights into the colocated vLLM engine: seconds per million parameters.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_weight_sync.py
+      (builds a random ~50M-parameter Qwen2 in a temporary directory, then re-launches itself as
+       `torchrun --standalone --nproc_per_node 2 benchmarks/bench_weight_sync.py --model-dir DIR`)
+
+The model is shaped like a small Qwen2.5: head_dim 64 (vLLM's CPU attention rejects 16), grouped-query attention
+(8 query heads, 2 KV heads), tied input/output embeddings (as in Qwen2.5-0.5B/1.5B/3B). Tied embeddings mean
+the shared matrix is gathered once but handed to vLLM twice (as embed_tokens and lm_head, see
+`ColocatedVLLM.sync_weights`). The tokenizer is the character tokenizer of tests/tiny_lm.py: vLLM needs one,
+and the config's vocabulary may be larger than it.
+
+Each rank loads the model with `common.model.load_policy` (FSDP2, float32) and builds its own `ColocatedVLLM`.
+Measured, each once for warm-up and then `repeats` times (best and median; the duration of one call is the
+maximum over ranks, every call starts after a barrier):
+  sync          engine.sync_weights(policy, hf_named_parameters(policy)): gather + vLLM reload, interleaved
+  gather only   `full_tensor()` of every parameter, in the same order, tensors dropped: the collectives alone
+  reload only   engine.sync_weights fed the already gathered full tensors: vLLM's reload_weights alone
+2 CPU cores shared with other work: timings are noisy, read the best column first.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
+
+from common.dist import init_distributed, print0, seed_everything, shutdown_distributed  # noqa: E402
+
+
+@dataclass
+class Args:
+    hidden: int = 512
+    """hidden size"""
+    layers: int = 11
+    """decoder layers (11 gives ~50M parameters at the other defaults)"""
+    heads: int = 8
+    """query heads (head_dim = hidden / heads = 64)"""
+    kv_heads: int = 2
+    """key/value heads"""
+    intermediate: int = 1536
+    """MLP intermediate size"""
+    vocab: int = 32_768
+    """config vocabulary size (rows of the tied embedding)"""
+    repeats: int = 5
+    """timed calls per measurement after one warm-up call"""
+    nproc: int = 2
+    """ranks to launch under torchrun"""
+    max_model_len: int = 256
+    """vLLM max_model_len"""
+    kv_cache_mib: int = 64
+    """vLLM KV cache on CPU, MiB"""
+    seed: int = 0
+    model_dir: str = ""
+    """internal: the model to load (set by the plain-python launcher for the torchrun ranks)"""
+
+
+def save_model(args: Args, path: Path) -> None:
+    """A random Qwen2 with the character tokenizer, saved to `path` (float32 safetensors)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from tests.tiny_lm import save_char_tokenizer
+
+    save_char_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert args.hidden % args.heads == 0 and args.hidden // args.heads == 64, "vLLM's CPU attention needs head_dim 64"
+    assert len(tok) <= args.vocab, f"tokenizer has {len(tok)} tokens, more than vocab {args.vocab}"
+    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, max_position_embeddings=args.max_model_len,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+                         bos_token_id=None, torch_dtype="float32")
+    torch.manual_seed(args.seed)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+
+
+def launch(args: Args) -> int:
+    """Plain `python`: build the model once, then run this script under torchrun on it."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    with tempfile.TemporaryDirectory(prefix="bench_weight_sync_") as tmp:
+        save_model(args, Path(tmp))
+        cmd = [torchrun, "--standalone", "--nproc_per_node", str(args.nproc), __file__, "--model-dir", tmp,
+               "--repeats", str(args.repeats), "--max-model-len", str(args.max_model_len),
+               "--kv-cache-mib", str(args.kv_cache_mib), "--seed", str(args.seed)]
+        print(" ".join(cmd), flush=True)
+        return subprocess.run(cmd, env=env).returncode
+
+
+def timed(fn, repeats: int, device: torch.device) -> list[float]:
+    """Seconds of `fn()` (slowest rank), one warm-up call, then `repeats` calls, each starting after a barrier."""
+    import torch.distributed as dist
+
+    times = []
+    for i in range(repeats + 1):
+        dist.barrier()
+        start = time.perf_counter()
+        fn()
+        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        if i > 0:
+            times.append(elapsed.item())
+    return times
+
+
+def bench(args: Args) -> None:
+    from torch.distributed.tensor import DTensor
+
+    from common.model import hf_named_parameters, load_policy
+    from common.vllm_engine import ColocatedVLLM
+
+    dist_info = init_distributed()
+    seed_everything(args.seed)
+    policy = load_policy(args.model_dir, dist_info)
+    engine = ColocatedVLLM(args.model_dir, dist_info, max_model_len=args.max_model_len,
+                           cpu_kv_cache_bytes=args.kv_cache_mib * 2**20, seed=dist_info.rank)
+    n_params = sum(p.numel() for _, p in hf_named_parameters(policy))  # DTensor.numel() is the global size
+    n_tensors = sum(1 for _ in hf_named_parameters(policy))
+    millions = n_params / 1e6
+
+    def gather_only():
+        for _, p in hf_named_parameters(policy):
+            full = p.full_tensor() if isinstance(p, DTensor) else p.detach()
+            del full
+
+    gathered = [(name, p.full_tensor() if isinstance(p, DTensor) else p.detach()) for name, p in hf_named_parameters(policy)]
+    results = {
+        "sync": timed(lambda: engine.sync_weights(policy, hf_named_parameters(policy)), args.repeats, dist_info.device),
+        "gather only": timed(gather_only, args.repeats, dist_info.device),
+        "reload only": timed(lambda: engine.sync_weights(policy, gathered), args.repeats, dist_info.device),
+    }
+    del gathered
+
+    print0(f"# {dist_info.world_size} ranks, torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+           f"device {dist_info.device.type}, float32")
+    print0(f"# model: Qwen2 hidden {policy.config.hidden_size}, {policy.config.num_hidden_layers} layers, "
+           f"{policy.config.num_attention_heads}/{policy.config.num_key_value_heads} heads, intermediate "
+           f"{policy.config.intermediate_size}, vocab {policy.config.vocab_size}, tied embeddings")
+    print0(f"# parameters: {millions:.2f} M in {n_tensors} tensors ({n_params * 4 / 2**20:.0f} MiB float32); "
+           f"each call: 1 warm-up, then best / median of {args.repeats} (slowest rank per call)")
+    print0()
+    print0(f"{'measurement':<12} {'best s':>8} {'median s':>9} {'best s/M params':>16} {'median s/M params':>18}")
+    for name, times in results.items():
+        best, median = min(times), statistics.median(times)
+        print0(f"{name:<12} {best:>8.3f} {median:>9.3f} {best / millions:>16.4f} {median / millions:>18.4f}")
+    print0(f"# all sync times: {', '.join(f'{t:.3f}' for t in results['sync'])}")
+
+    engine.shutdown()
+    del policy, engine
+    shutdown_distributed()
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    if args.model_dir:
+        bench(args)
+    else:
+        sys.exit(launch(args))
+
+
+if __name__ == "__main__":
+    main()
