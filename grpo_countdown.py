@@ -23,11 +23,11 @@ Launch:
 
 from __future__ import annotations
 
-import math
+import json
 import random
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +42,7 @@ from common.dist import all_reduce_max, global_means, init_distributed, print0, 
 from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
 from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
                           logprobs_in_micro_batches, pad_batch, select_rows)
-from common.tasks import make_countdown_problems
+from common.tasks import countdown_key, make_countdown_problems
 from common.vllm_engine import ColocatedVLLM
 from rewards.countdown import COUNTDOWN_REASONS as REASONS, grade_countdown
 
@@ -88,6 +88,8 @@ class Args:
     """generated problems: numbers are drawn from 1..synthetic_max_number"""
     synthetic_max_target: int = 99
     """generated problems: targets lie in 1..synthetic_max_target"""
+    synthetic_test_seed: int = 1
+    """generated held-out set's seed (training problems exclude it; 1 = the shipped tiny model's held-out set)"""
     prompt_template: Literal["base", "chat"] = "base"
     """`base`: TinyZero's plain-text template for base models; `chat`: the tokenizer's chat template (instruct models)"""
     # ---- rollout
@@ -159,7 +161,7 @@ class Args:
 PRESETS = {
     "default": Args(),
     "tiny": Args(preset="tiny", model="tiny_models/countdown", synthetic=True, synthetic_num_numbers=(3,),
-                 synthetic_max_number=20, synthetic_max_target=50, train_size=20_000, test_size=128,
+                 synthetic_max_number=20, synthetic_max_target=50, train_size=20_000, test_size=200,
                  num_steps=40, prompts_per_step=16, samples_per_prompt=8, max_response_tokens=48,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=1e-4, kl_coef=0.0, eval_every=10,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
@@ -198,9 +200,11 @@ def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
             rows = rows.select(range(args.train_size + args.test_size))
             problems = [{"nums": list(n), "target": int(t)} for n, t in zip(rows[args.numbers_field], rows[args.target_field])]
             return problems[: args.train_size], problems[args.train_size:]
-    problems = make_countdown_problems(args.train_size + args.test_size, seed=args.seed, num_numbers=args.synthetic_num_numbers,
-                                       max_number=args.synthetic_max_number, max_target=args.synthetic_max_target)
-    return problems[: args.train_size], problems[args.train_size:]
+    shape = dict(num_numbers=args.synthetic_num_numbers, max_number=args.synthetic_max_number, max_target=args.synthetic_max_target)
+    test = make_countdown_problems(args.test_size, seed=args.synthetic_test_seed, **shape)
+    # small settings have few distinct problems: keep every held-out problem out of training
+    train = make_countdown_problems(args.train_size, seed=args.seed, exclude={countdown_key(p) for p in test}, **shape)
+    return train, test
 
 
 def make_prompt(problem: dict, tokenizer, template: str) -> str:
@@ -330,7 +334,7 @@ def main() -> None:
                               "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
                               "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
                               "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
-        logger.log_samples([{"prompt": tokenizer.decode(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids[-60:]),
+        logger.log_samples([{"problem": json.dumps(p),
                              "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
                             for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
         eval_history.append((step, stats["eval/accuracy"]))

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -361,7 +361,7 @@ def main() -> None:
                               "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
                               "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
                               "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
-        logger.log_samples([{"prompt": tokenizer.decode(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids[-60:]),
+        logger.log_samples([{"problem": json.dumps(p),
                              "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
                             for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
         eval_history.append((step, stats["eval/accuracy"]))

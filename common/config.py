@@ -47,7 +47,11 @@ def check_model_source(name_or_path: str, flag: str = "--model") -> None:
     try:
         AutoConfig.from_pretrained(name_or_path)
     except Exception as e:  # OSError, ValueError, HTTP errors: all mean the same to the user
-        where = "the directory exists but holds no config.json" if os.path.isdir(name_or_path) else (
-            "no such local directory, and the hub is unreachable or has no such model")
-        raise ConfigError(f"cannot load {flag} {name_or_path!r}: {where} ({type(e).__name__}); "
+        if not os.path.isdir(name_or_path):
+            where = f"no such local directory, and the hub is unreachable or has no such model ({type(e).__name__})"
+        elif not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            where = "the directory holds no config.json"
+        else:
+            where = f"its config.json does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        raise ConfigError(f"cannot load {flag} {name_or_path!r}: {where}; "
                           f"pass {flag} a local Hugging Face model directory or a reachable hub id") from None
