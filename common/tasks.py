@@ -11,6 +11,7 @@ These feed the tiny models' supervised data (`scripts/build_tiny_models.py`) and
 
 import itertools
 import random
+import re
 from fractions import Fraction
 
 OPS = "+-*/"
@@ -33,7 +34,8 @@ def _join(op: str, left: tuple[str, str | None], right: tuple[str, str | None]) 
     """Write `left op right` with only the parentheses precedence needs.
 
     A left child needs them if it binds looser than `op`; a right child also when equal and `op` is - or /
-    (a-(b+c), a/(b*c)). `_join("*", ("8-5", "-"), ("3", None)) == "(8-5)*3"`; `_join("-", ("8", None), ("5-3", "-")) == "8-(5-3)"`.
+    (a-(b+c), a/(b*c)): `_join("*", ("8-5", "-"), ("3", None)) == "(8-5)*3"`,
+    `_join("-", ("8", None), ("5-3", "-")) == "8-(5-3)"`.
     """
     (ls, lop), (rs, rop) = left, right
     if PRECEDENCE[lop] < PRECEDENCE[op]:
@@ -81,7 +83,7 @@ def evaluate_countdown(expression: str) -> Fraction:
 
     `evaluate_countdown("(8-5)*3") == 9`; `evaluate_countdown("6/(1-3/4)") == 24`.
     """
-    tokens = [t for t in expression.replace("(", " ( ").replace(")", " ) ").split() for t in _split_ops(t)]
+    tokens = re.findall(r"\d+|\S", expression)  # "12*(3-4)" -> ["12", "*", "(", "3", "-", "4", ")"]
     pos = 0
 
     def expr() -> Fraction:  # expr := term (('+'|'-') term)*
@@ -117,17 +119,6 @@ def evaluate_countdown(expression: str) -> Fraction:
     return value
 
 
-def _split_ops(chunk: str) -> list[str]:
-    """Split a space-free chunk into integers and operators: `_split_ops("12*3-4") == ["12", "*", "3", "-", "4"]`."""
-    out: list[str] = []
-    for ch in chunk:
-        if ch.isdigit() and out and out[-1].isdigit():
-            out[-1] += ch
-        else:
-            out.append(ch)
-    return out
-
-
 def random_countdown_expression(nums: list[int], rng: random.Random) -> tuple[Fraction, str, list[str]]:
     """Combine `nums` in random order with random ops, requiring every intermediate to be a positive integer.
 
@@ -148,8 +139,14 @@ def random_countdown_expression(nums: list[int], rng: random.Random) -> tuple[Fr
     return terms[0][0], terms[0][1], steps
 
 
+def countdown_key(problem: dict) -> tuple[tuple[int, ...], int]:
+    """Identity of a problem up to the order of its numbers: {"nums": [8, 3, 5], "target": 9, ...} -> ((3, 5, 8), 9)."""
+    return tuple(sorted(problem["nums"])), problem["target"]
+
+
 def make_countdown_problems(
-    n: int, seed: int, num_numbers: tuple[int, ...] = (3, 4), max_number: int = 99, max_target: int = 99
+    n: int, seed: int, num_numbers: tuple[int, ...] = (3, 4), max_number: int = 99, max_target: int = 99,
+    exclude: frozenset | set = frozenset(),
 ) -> list[dict]:
     """`n` solvable Countdown problems: {"nums", "target", "solution", "steps"}.
 
@@ -157,6 +154,8 @@ def make_countdown_problems(
     (`random_countdown_expression`), keep it when the value is an integer target in [1, max_target]. So every
     problem is solvable by construction and `solution` is a worked equation; targets lean towards values that
     many expressions reach. Defaults resemble Jiayi-Pan/Countdown-Tasks-3to4 (3-4 numbers 1-99, target <= 99).
+    Problems whose `countdown_key` is in `exclude` are skipped: small settings have few distinct problems (3 numbers
+    in 1-20, target <= 50: ~15k), so a training stream would otherwise contain almost every held-out problem.
     """
     rng = random.Random(seed)
     problems = []
@@ -164,7 +163,7 @@ def make_countdown_problems(
         for _ in range(MAX_TRIES_PER_PROBLEM):
             nums = [rng.randint(1, max_number) for _ in range(rng.choice(num_numbers))]
             value, expression, steps = random_countdown_expression(nums, rng)
-            if 1 <= value <= max_target:
+            if 1 <= value <= max_target and (tuple(sorted(nums)), int(value)) not in exclude:
                 problems.append({"nums": nums, "target": int(value), "solution": expression, "steps": steps})
                 break
         else:
@@ -175,9 +174,9 @@ def make_countdown_problems(
 # ---------------------------------------------------------------------------------------------------------------------
 # Word problems (GSM8K-shaped). Each template samples its numbers with `rng` (hi = the largest addend), derives the
 # intermediate `m` and result `r` so every step is exact and positive, and writes one reasoning line per step.
-NAMES = (("Ava", "she", "her"), ("Liam", "he", "his"), ("Maya", "she", "her"), ("Noah", "he", "his"),
-         ("Zoe", "she", "her"), ("Omar", "he", "his"), ("Lena", "she", "her"), ("Ravi", "he", "his"),
-         ("Ines", "she", "her"), ("Tom", "he", "his"), ("Mei", "she", "her"), ("Sam", "he", "his"))
+NAMES = (("Ava", "she"), ("Liam", "he"), ("Maya", "she"), ("Noah", "he"),
+         ("Zoe", "she"), ("Omar", "he"), ("Lena", "she"), ("Ravi", "he"),
+         ("Ines", "she"), ("Tom", "he"), ("Mei", "she"), ("Sam", "he"))
 ITEMS = ("apples", "marbles", "stickers", "cookies", "pencils", "books", "shells", "cards", "stamps", "beads")
 WORD_TEMPLATES = (  # (sampler(rng, hi) -> numbers, question, reasoning lines)
     (lambda g, hi: _v(a=g.randint(2, hi), b=g.randint(2, hi), r=lambda v: v["a"] + v["b"]),
@@ -261,9 +260,9 @@ def make_word_problems(n: int, seed: int, max_addend: int = 60) -> list[dict]:
     problems = []
     for _ in range(n):
         sampler, question, lines = rng.choice(WORD_TEMPLATES)
-        (name, he, his), friend = rng.sample(NAMES, 2)
+        (name, he), (friend, _) = rng.sample(NAMES, 2)
         values = sampler(rng, max_addend)
-        words = {"name": name, "he": he, "He": he.capitalize(), "his": his, "friend": friend[0], "item": rng.choice(ITEMS)}
+        words = {"name": name, "he": he, "He": he.capitalize(), "friend": friend, "item": rng.choice(ITEMS)}
         fill = {**words, **values}
         assert values["r"] > 0, f"non-positive answer {values} for {question!r}"
         answer = "\n".join(line.format(**fill) for line in lines) + f"\n#### {values['r']}"
