@@ -119,6 +119,8 @@ class Args:
     """AdamW learning rate of the policy"""
     critic_learning_rate: float = 1e-6
     """AdamW learning rate of the critic"""
+    critic_warmup_steps: int = 0
+    """first steps train only the critic: with a fresh value head, A = R - V is mostly noise at first"""
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "polynomial"
     """decay over the whole run after warm-up (both models)"""
     warmup_steps: int = 0
@@ -171,10 +173,10 @@ class Args:
 
 PRESETS = {
     "default": Args(),
-    "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True, test_size=128,
-                 num_steps=40, prompts_per_step=16, samples_per_prompt=8, temperature=1.0, max_response_tokens=64,
-                 mini_batch_size=64, micro_batch_size=32, learning_rate=1e-4, critic_learning_rate=1e-4, kl_coef=0.0,
-                 eval_every=10, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
+    "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True,
+                 num_steps=60, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_response_tokens=64,
+                 mini_batch_size=64, micro_batch_size=32, learning_rate=5e-5, critic_learning_rate=1e-3,
+                 critic_warmup_steps=5, kl_coef=0.0, eval_every=20, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
 }
 
@@ -440,7 +442,8 @@ def main() -> None:
                         values = critic(mb["input_ids"], mb["attention_mask"])                                   # (b, l)
                         vf, vf_clipped = value_loss_terms(values, old_values[rows, :l].to(dist.device),
                                                           returns[rows, :l].to(dist.device), args.value_clip)       # (b, l)
-                        loss = ((pg + args.kl_coef * kl + vf) * m_tok).sum() / normaliser  # two models: one backward fills both
+                        actor_on = float(step >= args.critic_warmup_steps)  # 0: zero policy gradient, Adam does not move
+                        loss = ((actor_on * (pg + args.kl_coef * kl) + vf) * m_tok).sum() / normaliser  # one backward, both models
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
                         n_tok = float(m_tok.sum())

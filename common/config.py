@@ -27,7 +27,8 @@ def parse_args(args_type: type[T], presets: dict[str, T]) -> T:
     `python grpo_countdown.py --preset tiny --num-steps 5` = the tiny preset with 5 steps.
     """
     argv = sys.argv[1:]
-    name = argv[argv.index("--preset") + 1] if "--preset" in argv and argv.index("--preset") + 1 < len(argv) else "default"
+    flags = [i for i, a in enumerate(argv) if a == "--preset" and i + 1 < len(argv)]
+    name = argv[flags[-1] + 1] if flags else "default"  # the last one wins, as for any flag
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
     return tyro.cli(args_type, default=presets[name], args=argv)

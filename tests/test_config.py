@@ -27,6 +27,7 @@ PRESETS = {"default": Toy(), "tiny": Toy(preset="tiny", steps=3, lr=1e-3)}
     (["--preset", "tiny", "--steps", "7"], Toy("tiny", 7, 1e-3)),
     (["--steps", "7", "--preset", "tiny"], Toy("tiny", 7, 1e-3)),
     (["--lr", "0.5"], Toy(lr=0.5)),
+    (["--preset", "tiny", "--preset", "default"], Toy()),
 ])
 def test_presets_then_flags(monkeypatch, argv, expected):
     monkeypatch.setattr(sys, "argv", ["prog", *argv])

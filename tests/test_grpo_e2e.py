@@ -1,0 +1,122 @@
+"""grpo_countdown.py end to end: the real script under torchrun (2 ranks, CPU, real vLLM), the shipped tiny model."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tests.run_utils import ROOT, run_script
+
+MODEL = ROOT / "tiny_models" / "countdown"
+SMALL = ["--preset", "tiny", "--train-size", "512", "--test-size", "16", "--prompts-per-step", "8", "--samples-per-prompt", "4",
+         "--mini-batch-size", "16", "--micro-batch-size", "4", "--eval-every", "2", "--top-p", "1.0", "--save-every", "0"]
+EXPECTED_KEYS = {
+    "reward/mean", "reward/accuracy", "reward/format_rate", "reward/solved_prompt_frac", "reward/reason_no_answer",
+    "reward/reason_wrong_value", "reward/reason_correct", "rollout/response_len_mean", "rollout/response_len_max",
+    "rollout/truncated", "rollout/tokens", "train/pg_loss", "train/kl", "train/entropy", "train/clip_frac",
+    "train/grad_norm", "train/lr", "train/vllm_logprob_gap", "train/advantage_abs", "time/sync_s", "time/generate_s",
+    "time/grade_s", "time/logprob_s", "time/train_s", "time/step_s", "perf/generate_tokens_per_s", "perf/peak_mem_gb",
+}
+EVAL_KEYS = {"eval/accuracy", "eval/pass_at_k", "eval/format_rate", "eval/response_len", "time/eval_s"}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def documented_keys() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    return set(re.findall(r"^\| `([a-z_]+/[a-z_<>]+)` \|", readme, flags=re.M))
+
+
+def is_documented(key: str, documented: set[str]) -> bool:
+    return key in documented or any(re.fullmatch(re.escape(d).replace("<r>", "[a-z_]+").replace("<phase>", "[a-z]+"), key)
+                                    for d in documented)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo")
+    proc = run_script(["grpo_countdown.py", *SMALL, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"], nproc=2)
+    return out / "a", proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_grpo_runs_logs_and_learns_something(first_run):
+    run_dir, output = first_run
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3], "three training steps, then the final evaluation"
+    for r in rows[:3]:
+        assert EXPECTED_KEYS <= set(r), f"missing: {EXPECTED_KEYS - set(r)}"
+        assert all(math.isfinite(v) for v in r.values()), r
+        # vLLM and the trainer agree on the sampled tokens' log-probs (float32, top-p 1, weights synced each step)
+        assert r["train/vllm_logprob_gap"] < 1e-3, r["train/vllm_logprob_gap"]
+        assert 0 <= r["reward/accuracy"] <= r["reward/format_rate"] <= 1
+        assert r["rollout/tokens"] > 0 and r["time/generate_s"] > 0
+    assert EVAL_KEYS <= set(rows[0]) and EVAL_KEYS <= set(rows[2]) and "eval/accuracy" in rows[3]
+    assert any(r["train/advantage_abs"] > 0 for r in rows[:3]), "some group had different rewards"
+    assert "held-out accuracy" in output and (run_dir / "metrics.png").stat().st_size > 1000
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"problem", "completion", "reward", "reason"} <= set(samples[0])
+    undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
+    assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
+
+
+@pytest.mark.e2e
+def test_grpo_checkpoint_loads_and_weights_changed(first_run):
+    run_dir, _ = first_run
+    ckpt = run_dir / "step_000003"
+    assert (ckpt / "trainer_state.pt").is_file() and not list(run_dir.glob("*.tmp"))
+    trained = dict(AutoModelForCausalLM.from_pretrained(ckpt / "policy").named_parameters())
+    initial = load_file(MODEL / "model.safetensors")
+    changed = [n for n, p in trained.items() if n in initial and not torch.equal(p.detach(), initial[n].float())]
+    assert len(changed) > len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
+
+
+@pytest.mark.e2e
+def test_grpo_resume_continues_exactly(first_run, tmp_path):
+    run_dir, _ = first_run
+    resumed = tmp_path / "resumed"
+    proc = run_script(["grpo_countdown.py", *SMALL, "--num-steps", "4", "--out-dir", str(tmp_path), "--exp-name", "resumed",
+                       "--resume", str(run_dir / "step_000003")], nproc=2)
+    assert "resumed from" in proc.stdout + proc.stderr
+    rows = read_metrics(resumed)
+    assert [r["step"] for r in rows] == [3, 4], "the resumed run trains step 3 only, then evaluates"
+    # the uninterrupted 4-step run: its step 3 must be the resumed run's step 3 (same weights, data, seeds)
+    straight = tmp_path / "straight"
+    run_script(["grpo_countdown.py", *SMALL, "--num-steps", "4", "--out-dir", str(tmp_path), "--exp-name", "straight"], nproc=2)
+    reference = next(r for r in read_metrics(straight) if r["step"] == 3)
+    for key in ("reward/mean", "rollout/response_len_mean", "rollout/tokens", "train/pg_loss", "train/kl"):
+        assert rows[0][key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("flags,message", [
+    (["--model", "/nonexistent/model"], "cannot load --model '/nonexistent/model'"),
+    (["--max-prompt-tokens", "10"], "raise it"),
+    (["--prompts-per-step", "3"], "--prompts-per-step over ranks"),
+    (["--mini-batch-size", "12"], "by --mini-batch-size"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_grpo_startup_errors_are_one_clear_line(flags, message, tmp_path):
+    proc = run_script(["grpo_countdown.py", *SMALL, "--out-dir", str(tmp_path), *flags], nproc=2, check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "error: " in output and message in output, output[-3000:]
+    assert not (tmp_path / "grpo_countdown" / "metrics.jsonl").exists(), "failed before any training"
+
+
+@pytest.mark.e2e
+def test_grpo_dataset_without_named_fields(tmp_path):
+    data = tmp_path / "countdown_data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps({"numbers": [1, 2, 3], "goal": 6}) + "\n" for _ in range(40)))
+    proc = run_script(["grpo_countdown.py", *SMALL, "--no-synthetic", "--dataset", str(data), "--train-size", "30",
+                       "--test-size", "5", "--out-dir", str(tmp_path)], nproc=None, check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "--numbers-field" in output and "error: " in output, output[-3000:]
