@@ -317,8 +317,10 @@ def main() -> None:
         raise ConfigError("the held-out set is empty: set --test-size > 0")
     if args.num_steps == 0:  # derived: `data_passes` over the training questions
         args.num_steps = math.ceil(args.data_passes * len(train_set) / args.prompts_per_step)
-    prompt_len = lambda p: len(tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids)
-    longest = max(map(prompt_len, test_set + [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]))
+    encode = lambda problem: tokenizer(make_prompt(problem, tokenizer, args.prompt_template)).input_ids
+    test_prompt_ids = [encode(p) for p in test_set[dist.rank:: world]]  # this rank's share, tokenized once
+    first_batch = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]
+    longest = all_reduce_max(max(len(ids) for ids in test_prompt_ids + [encode(p) for p in first_batch]), dist.device)
     if longest > args.max_prompt_tokens:
         raise ConfigError(f"a prompt has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
 
@@ -354,7 +356,7 @@ def main() -> None:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
         mine = test_set[dist.rank:: world]
         k = args.eval_samples_per_prompt
-        groups = engine.generate([tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in mine], n=k,
+        groups = engine.generate(test_prompt_ids, n=k,
                                  temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
                                  stop=STOP, seed=args.seed + 1, step=step)
         grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
@@ -383,7 +385,7 @@ def main() -> None:
                 metrics.update(evaluate(step))
         indices = batch_indices(step, args.prompts_per_step, len(train_set), args.seed)
         problems = [train_set[i] for i in indices[dist.rank * local_prompts: (dist.rank + 1) * local_prompts]]  # this rank's shard
-        prompt_ids = [tokenizer(make_prompt(p, tokenizer, args.prompt_template)).input_ids for p in problems]
+        prompt_ids = [encode(p) for p in problems]
         with timer("generate"):
             groups = engine.generate(prompt_ids, n=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
                                      max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step)
