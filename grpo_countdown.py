@@ -163,7 +163,8 @@ PRESETS = {
     "tiny": Args(preset="tiny", model="tiny_models/countdown", synthetic=True, synthetic_num_numbers=(3,),
                  synthetic_max_number=20, synthetic_max_target=50, train_size=20_000, test_size=200,
                  num_steps=80, prompts_per_step=64, samples_per_prompt=8, max_response_tokens=48,
-                 mini_batch_size=64, micro_batch_size=32, learning_rate=2e-4, warmup_steps=10, kl_coef=0.0, eval_every=20,
+                 mini_batch_size=64, micro_batch_size=32, learning_rate=2e-4, lr_schedule="cosine", warmup_steps=10,
+                 kl_coef=0.0, eval_every=20,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
 }
 

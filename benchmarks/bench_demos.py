@@ -1,6 +1,6 @@
 """Run both CPU demos from scratch (`--preset tiny`, 2 processes) and print what they achieved.
 
-    python benchmarks/bench_demos.py                 # both; ~25 min on 2 cores
+    python benchmarks/bench_demos.py                 # both; ~11 min on 2 cores
     python benchmarks/bench_demos.py grpo            # one of them
 
 Targets (2 CPU cores): GRPO raises tiny-Countdown held-out accuracy by >= 15 points within 10 minutes;

@@ -20,7 +20,7 @@ MODELS = ROOT / "tiny_models"
 NAMES = ("countdown", "gsm8k")
 MAX_TOTAL_MB = 20
 ACCURACY_PROBLEMS = 100  # held-out problems for the in-band check (the model cards report 200, through vLLM)
-ACCURACY_BAND = {"countdown": (0.12, 0.50), "gsm8k": (0.12, 0.55)}  # greedy; measured 0.27 and 0.30
+ACCURACY_BAND = {"countdown": (0.04, 0.30), "gsm8k": (0.25, 0.55)}  # greedy; the model cards: 0.12 and 0.39
 VLLM_PROMPTS = 6
 
 
@@ -113,8 +113,28 @@ def test_tokenizer_round_trips_every_character(name, builder, held_out):
         ids = tok.encode(text)
         assert tok.decode(ids) == text, f"{name} tokenizer does not round-trip {text!r}"
         assert tok.eos_token_id not in ids, f"plain text must never encode to EOS: {text!r}"
-    # the shipped prompts compress: trained on the template, the BPE keeps its words whole
-    assert len(tok.encode(held_out[name][0][0])) < 150, len(tok.encode(held_out[name][0][0]))
+    # the shipped prompts are short: TinyZero's fixed text is three added tokens, the word problems' BPE keeps words whole
+    assert len(tok.encode(held_out[name][0][0])) < {"countdown": 30, "gsm8k": 80}[name], tok.encode(held_out[name][0][0])
+
+
+def test_supervised_habits_are_graded_wrong(builder):
+    """Each model learns a share of its completions with a slip (the habit RL unlearns): the grader must reject
+    exactly those, and the builder's habit detectors must tell them apart."""
+    from rewards.countdown import countdown_reward
+    from rewards.gsm8k import gsm8k_reward
+
+    for p in make_countdown_problems(50, seed=3, num_numbers=(3,), max_number=20, max_target=50):
+        clean, slip = builder.countdown_completion(p), builder.countdown_completion(p, habit=True)
+        assert countdown_reward(clean, p["nums"], p["target"]) == 1.0 and not builder.countdown_habit(clean), clean
+        assert countdown_reward(slip, p["nums"], p["target"]) < 1.0 and builder.countdown_habit(slip), slip
+    steps = {1: 0, 2: 0}
+    for p in make_word_problems(60, seed=3):
+        clean, slip = builder.word_completion(p), builder.word_completion(p, habit=True)
+        two_step = p["answer"].count("\n") == 2
+        steps[1 + two_step] += 1
+        assert gsm8k_reward(clean, p["answer"]) == 1.0 and not builder.word_habit(clean, p["answer"]), clean
+        assert (gsm8k_reward(slip, p["answer"]) == 0.0) == builder.word_habit(slip, p["answer"]) == two_step, slip
+    assert min(steps.values()) > 0, steps
 
 
 def test_gsm8k_chat_template():
