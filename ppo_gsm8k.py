@@ -14,7 +14,8 @@ Departures from the papers, all deliberate:
   (InstructGPT eq. 2) is available with `--kl-penalty-coef` and is 0 by default, as in oat's run.
 - gamma = lambda = 1 by default (oat's setting): the advantage of token t is then R - V(s_t).
 - Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap between the two is logged
-  (`train/vllm_logprob_gap`), since a silent mismatch is a known failure of colocated RL.
+  (`train/vllm_logprob_gap`), since a silent mismatch is a known failure of colocated RL. After each weight sync
+  vLLM also re-scores a few samples, and the run stops if those log-probs are not the trainer's (`train/sync_probe_error`).
 
 Launch:
     torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
@@ -104,7 +105,7 @@ class Args:
     """sampling temperature; the trainer divides its logits by the same value"""
     top_p: float = 0.9
     """nucleus sampling"""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = 1024
     """a longer prompt is an error"""
     max_response_tokens: int = 1024
     """completions are cut here (counted in `rollout/truncated`)"""
@@ -169,12 +170,17 @@ class Args:
     """GPUs per vLLM replica"""
     vllm_cpu_kv_cache_gb: float = 1.0
     """on CPU: KV cache size per rank"""
+    sync_probe_sequences: int = 2
+    """after each weight sync, vLLM re-scores this many of the step's samples per rank and the run stops if its
+    log-probs differ from the trainer's by more than `sync_probe_bound` (`train/sync_probe_error`; 0 turns it off)"""
+    sync_probe_bound: float | None = None
+    """largest accepted |vLLM - trainer| log-prob on those tokens; None: 1e-3 for float32 vLLM, 1.0 for bfloat16"""
 
 
 PRESETS = {
     "default": Args(),
     "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True,
-                 num_steps=60, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_response_tokens=64,
+                 num_steps=60, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_prompt_tokens=256, max_response_tokens=64,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=5e-5, critic_learning_rate=1e-3,
                  critic_warmup_steps=5, kl_coef=0.0, eval_every=20, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
@@ -320,9 +326,12 @@ def main() -> None:
     encode = lambda problem: tokenizer(make_prompt(problem, tokenizer, args.prompt_template)).input_ids
     test_prompt_ids = [encode(p) for p in test_set[dist.rank:: world]]  # this rank's share, tokenized once
     first_batch = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]
-    longest = all_reduce_max(max(len(ids) for ids in test_prompt_ids + [encode(p) for p in first_batch]), dist.device)
+    checked = list(zip(test_prompt_ids, test_set[dist.rank:: world])) + [(encode(p), p) for p in first_batch[dist.rank:: world]]
+    ids, problem = max(checked, key=lambda c: len(c[0]))
+    longest = all_reduce_max(len(ids), dist.device)
     if longest > args.max_prompt_tokens:
-        raise ConfigError(f"a prompt has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
+        which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
+        raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
 
     # ---- models: policy and critic (trained), reference (frozen, for the KL terms), one vLLM engine per rank
     on_gpu = dist.device.type == "cuda"
@@ -358,7 +367,7 @@ def main() -> None:
         k = args.eval_samples_per_prompt
         groups = engine.generate(test_prompt_ids, n=k,
                                  temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
-                                 stop=STOP, seed=args.seed + 1, step=step)
+                                 stop=STOP, seed=args.seed, step=step, stream="eval")
         grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
         flat = [r for gr in grades for r in gr]
         stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
@@ -389,6 +398,11 @@ def main() -> None:
         with timer("generate"):
             groups = engine.generate(prompt_ids, n=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
                                      max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step)
+        if args.sync_probe_sequences:  # vLLM re-scores a few samples: its log-probs must be the trainer's
+            with timer("probe"):
+                metrics["train/sync_probe_error"] = engine.probe_sync(
+                    policy, [prompt_ids[i] + c.token_ids for i, g in enumerate(groups) for c in g][: args.sync_probe_sequences],
+                    bound=args.sync_probe_bound, seed=args.seed, step=step)
         engine.sleep()
         samples = [(i, c) for i, g in enumerate(groups) for c in g]
         group_ids = torch.tensor([i for i, _ in samples])                                               # (B,)

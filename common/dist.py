@@ -65,14 +65,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def sampling_seed(seed: int, step: int, rank: int, index: int = 0) -> int:
-    """A distinct vLLM sampling seed per (run seed, step, rank, request): ranks must not draw the same
-    completions for the same prompt, and a resumed run must draw what the original run would have.
+SEED_STREAMS = {"rollout": 0, "eval": 1, "probe": 2}  # the vLLM calls of one step; each gets its own seeds
 
-    >>> sampling_seed(1, 0, 0) != sampling_seed(1, 0, 1)
-    True
+
+def sampling_seed(seed: int, step: int, rank: int, request: int, n: int = 1, stream: str = "rollout") -> int:
+    """The vLLM seed of request `request` (an `n`-sample request) of `rank` at `step`, in a layout where no two
+    completions of one step share a random stream.
+
+    Two constraints shape it. vLLM seeds child j of an n-sample request with `seed + j`
+    (vllm/v1/engine/parallel_sampling.py), so request seeds spaced by less than n share streams (the same prompt
+    twice in a batch drew copies shifted by one). And torch's CPU generator (vLLM on CPU) keeps only the low 32
+    bits of a seed, CUDA's keeps all 64. So the step's layout lives in the low 32 bits and the step in the high ones:
+        low  = (offset(seed, step) + (stream * 2**10 + rank) * 2**20 + request * n) mod 2**32
+        seed = ((mix(seed) + step) mod 2**30) * 2**33 + low               (vLLM adds j: low + j < 2**33)
+    Within a step, all ranks (< 1024), streams (rollout, eval, probe) and completions (< 2**20 per call and rank)
+    differ in the low 32 bits; across steps the full seeds differ too (on CPU the per-step offset makes a shared
+    stream between two steps rare, not impossible). It depends on nothing else, so a resumed run draws the same.
+
+    >>> sampling_seed(1, 0, 0, request=1, n=4) - sampling_seed(1, 0, 0, request=0, n=4)
+    4
     """
-    return (((seed * 1_000_003 + step) * 1_009 + rank) * 1_000_003 + index) % (2**31 - 1)
+    assert 0 <= rank < 2**10, f"rank {rank}: at most 1024 ranks have disjoint seeds"
+    assert n >= 1 and request >= 0 and (request + 1) * n <= 2**20, f"request {request} x n={n}: over 2**20 completions"
+    offset = (seed * 0x85EBCA6B + step * 0x9E3779B9) % 2**32  # odd multipliers: consecutive steps land far apart
+    low = (offset + (SEED_STREAMS[stream] * 2**10 + rank) * 2**20 + request * n) % 2**32
+    return ((seed * 0xC2B2AE35 + step) % 2**30) * 2**33 + low
 
 
 def print0(*args, **kwargs) -> None:

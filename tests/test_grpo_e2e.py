@@ -19,7 +19,7 @@ EXPECTED_KEYS = {
     "reward/mean", "reward/accuracy", "reward/format_rate", "reward/solved_prompt_frac", "reward/reason_no_answer",
     "reward/reason_wrong_value", "reward/reason_correct", "rollout/response_len_mean", "rollout/response_len_max",
     "rollout/truncated", "rollout/tokens", "train/pg_loss", "train/kl", "train/entropy", "train/clip_frac",
-    "train/grad_norm", "train/lr", "train/vllm_logprob_gap", "train/advantage_abs", "time/sync_s", "time/generate_s",
+    "train/grad_norm", "train/lr", "train/vllm_logprob_gap", "train/sync_probe_error", "time/probe_s", "train/advantage_abs", "time/sync_s", "time/generate_s",
     "time/grade_s", "time/logprob_s", "time/train_s", "time/step_s", "perf/generate_tokens_per_s", "perf/peak_mem_gb",
 }
 EVAL_KEYS = {"eval/accuracy", "eval/pass_at_k", "eval/format_rate", "eval/response_len", "time/eval_s"}
@@ -56,6 +56,7 @@ def test_grpo_runs_logs_and_learns_something(first_run):
         assert all(math.isfinite(v) for v in r.values()), r
         # vLLM and the trainer agree on the sampled tokens' log-probs (float32, top-p 1, weights synced each step)
         assert r["train/vllm_logprob_gap"] < 1e-3, r["train/vllm_logprob_gap"]
+        assert r["train/sync_probe_error"] < 1e-4, r["train/sync_probe_error"]  # exact in float32
         assert 0 <= r["reward/accuracy"] <= r["reward/format_rate"] <= 1
         assert r["rollout/tokens"] > 0 and r["time/generate_s"] > 0
     assert EVAL_KEYS <= set(rows[0]) and EVAL_KEYS <= set(rows[2]) and "eval/accuracy" in rows[3]
@@ -98,7 +99,7 @@ def test_grpo_resume_continues_exactly(first_run, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags,message", [
     (["--model", "/nonexistent/model"], "cannot load --model '/nonexistent/model'"),
-    (["--max-prompt-tokens", "10"], "raise it"),
+    (["--max-prompt-tokens", "10"], 'has 17 tokens > --max-prompt-tokens 10: raise it'),
     (["--prompts-per-step", "3"], "--prompts-per-step over ranks"),
     (["--mini-batch-size", "12"], "by --mini-batch-size"),
     (["--preset", "huge"], "unknown preset 'huge'"),

@@ -18,7 +18,7 @@ EXPECTED_KEYS = {
     "reward/mean", "reward/accuracy", "reward/format_rate", "rollout/response_len_mean", "train/pg_loss", "train/kl",
     "train/entropy", "train/clip_frac", "train/grad_norm", "train/critic_grad_norm", "train/value_loss",
     "train/value_clip_frac", "train/explained_variance", "train/value_mean", "train/return_mean", "train/advantage_mean",
-    "train/advantage_std", "train/lr", "train/critic_lr", "train/vllm_logprob_gap", "time/train_s", "perf/peak_mem_gb",
+    "train/advantage_std", "train/lr", "train/critic_lr", "train/vllm_logprob_gap", "train/sync_probe_error", "time/train_s", "perf/peak_mem_gb",
 }
 
 

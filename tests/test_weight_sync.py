@@ -20,11 +20,32 @@ def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path, vari
         assert r["samples_a"] == r["samples_b"], "same seed and step must reproduce the same samples"
         assert r["samples_a"] != r["samples_c"], "another step must draw other samples"
         assert r["big_batch_completions"] == 64 * 8
+        # the weight-sync probe: float32 vLLM equals the trainer; one perturbed tensor or a skipped push stops the run
+        assert r["probe_ok"] < 1e-4 and r["probe_raised_ok"] == "", r
+        for broken in ("perturbed", "skipped"):
+            assert r[f"probe_{broken}"] > 1e-2, (broken, r[f"probe_{broken}"])
+            assert r[f"probe_raised_{broken}"].startswith("error: vLLM is generating from weights other than the trainer's")
     assert ranks[0]["samples_a"] != ranks[1]["samples_a"], "ranks must sample different completions"
 
 
+@pytest.fixture(scope="module")
+def single_process(tiny_models, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("world1")
+    run_script(["tests/dist_sync_check.py", str(tiny_models["tied"]), str(out)], nproc=None)
+    return json.loads((out / "rank0.json").read_text())
+
+
 @pytest.mark.e2e
-def test_world_size_one_with_plain_python(tiny_models, tmp_path):
-    run_script(["tests/dist_sync_check.py", str(tiny_models["tied"]), str(tmp_path)], nproc=None)
-    r = json.loads((tmp_path / "rank0.json").read_text())
+def test_world_size_one_with_plain_python(single_process):
+    r = single_process
     assert r["max_gap"] < 1e-4 and r["pre_gap"] > 0.1
+    assert r["probe_ok"] < 1e-4 and r["probe_perturbed"] > 1e-2 and r["probe_skipped"] > 1e-2
+
+
+@pytest.mark.e2e
+def test_sampling_seeds_same_prompt_twice_draws_independent_samples(single_process):
+    """Regression: request seeds one apart made child j+1 of one request replay child j of the next, so the same
+    prompt sent twice came back with 3 of its 4 samples copied (shifted by one)."""
+    a, b = single_process["dup_a"], single_process["dup_b"]
+    shared = sum(x == y for x in a for y in b)
+    assert shared == 0, f"{shared} of 4 samples of the second copy replay the first's: {a} / {b}"
