@@ -174,7 +174,7 @@ class Args:
     """after each weight sync, vLLM re-scores this many of the step's samples per rank and the run stops if its
     log-probs differ from the trainer's by more than `sync_probe_bound` (`train/sync_probe_error`; 0 turns it off)"""
     sync_probe_bound: float | None = None
-    """largest accepted |vLLM - trainer| log-prob on those tokens; None: 1e-3 for float32 vLLM, 1.0 for bfloat16"""
+    """largest accepted |vLLM - trainer| log-prob on those tokens; None: 1e-3 for float32 vLLM, 2.0 for bfloat16"""
 
 
 PRESETS = {
