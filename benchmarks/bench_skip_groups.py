@@ -5,7 +5,8 @@
     python benchmarks/bench_skip_groups.py -- --is-correction none   # extra flags after `--` go to both runs
 
 Prints, per variant, the medians over steps of `time/train_s` (the update: forward + backward + optimizer) and
-`time/step_s`, the mean share of zero-signal samples, and held-out accuracy at each evaluation. Both runs use the
+`time/step_s`, the means of `train/zero_signal_frac` and `train/is_weight_mean`, and held-out accuracy at each
+evaluation. Both runs use the
 same seed, so they sample the same first rollout; the training gradients are equal in exact arithmetic (with the
 tiny preset's kl_coef 0), so accuracy should match up to floating-point summation order. Timings on a shared
 machine are approximate: run it with nothing else on the cores.
@@ -42,6 +43,7 @@ def run(name: str, flags: list[str], out_dir: Path, num_steps: int, eval_every: 
     return {"train_s": statistics.median(r["time/train_s"] for r in steps),
             "step_s": statistics.median(r["time/step_s"] for r in steps),
             "zero_signal": statistics.mean(r["train/zero_signal_frac"] for r in steps),
+            "is_weight": statistics.mean(r["train/is_weight_mean"] for r in steps),
             "evals": [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r],
             "wall_min": (time.perf_counter() - start) / 60}
 
@@ -57,7 +59,7 @@ def main() -> None:
         for name, flags in VARIANTS.items():
             results[name] = r = run(name, flags + args.extra, Path(tmp), args.num_steps, args.eval_every)
             print(f"{name:<8} median train_s {r['train_s']:6.2f}  median step_s {r['step_s']:6.2f}  "
-                  f"zero-signal samples {100 * r['zero_signal']:5.1f}%  wall {r['wall_min']:4.1f} min  held-out accuracy: "
+                  f"zero-signal samples {100 * r['zero_signal']:5.1f}%  mean IS weight {r['is_weight']:.3f}  wall {r['wall_min']:4.1f} min  held-out accuracy: "
                   + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in r["evals"]), flush=True)
     base, skip = results["no-skip"], results["skip"]
     print(f"skipping saves {100 * (1 - skip['train_s'] / base['train_s']):.0f}% of train_s, "
