@@ -5,11 +5,11 @@
     python benchmarks/bench_skip_groups.py -- --is-correction none   # extra flags after `--` go to both runs
 
 Prints, per variant, the medians over steps of `time/train_s` (the update: forward + backward + optimizer) and
-`time/step_s`, the means of `train/zero_signal_frac` and `train/is_weight_mean`, and held-out accuracy at each
-evaluation. Both runs use the
-same seed, so they sample the same first rollout; the training gradients are equal in exact arithmetic (with the
-tiny preset's kl_coef 0), so accuracy should match up to floating-point summation order. Timings on a shared
-machine are approximate: run it with nothing else on the cores.
+`time/step_s`, the run's CPU time (all its processes), the means of `train/zero_signal_frac` and
+`train/is_weight_mean`, and held-out accuracy at each evaluation. Both runs use the same seed, so they sample the
+same first rollout; their gradients are equal in exact arithmetic (the tiny preset has kl_coef 0), so accuracy
+should match up to floating-point summation order. Timings on a shared machine are approximate: run it with
+nothing else on the cores.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def run(name: str, flags: list[str], out_dir: Path, num_steps: int, eval_every: 
            "VLLM_LOGGING_LEVEL": "WARNING", "WANDB_MODE": "disabled"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "grpo_countdown.py", "--preset", "tiny",
            "--num-steps", str(num_steps), "--eval-every", str(eval_every), "--out-dir", str(out_dir), "--exp-name", name, *flags]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    cpu_end = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     rows = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
@@ -45,7 +47,9 @@ def run(name: str, flags: list[str], out_dir: Path, num_steps: int, eval_every: 
             "zero_signal": statistics.mean(r["train/zero_signal_frac"] for r in steps),
             "is_weight": statistics.mean(r["train/is_weight_mean"] for r in steps),
             "evals": [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r],
-            "wall_min": (time.perf_counter() - start) / 60}
+            "wall_min": (time.perf_counter() - start) / 60,
+            # CPU seconds of the whole run (both ranks, vLLM included): less swayed than wall time by other load
+            "cpu_s": (cpu_end.ru_utime + cpu_end.ru_stime) - (cpu_start.ru_utime + cpu_start.ru_stime)}
 
 
 def main() -> None:
@@ -59,11 +63,12 @@ def main() -> None:
         for name, flags in VARIANTS.items():
             results[name] = r = run(name, flags + args.extra, Path(tmp), args.num_steps, args.eval_every)
             print(f"{name:<8} median train_s {r['train_s']:6.2f}  median step_s {r['step_s']:6.2f}  "
-                  f"zero-signal samples {100 * r['zero_signal']:5.1f}%  mean IS weight {r['is_weight']:.3f}  wall {r['wall_min']:4.1f} min  held-out accuracy: "
+                  f"zero-signal samples {100 * r['zero_signal']:5.1f}%  mean IS weight {r['is_weight']:.3f}  wall {r['wall_min']:4.1f} min  CPU {r['cpu_s']:5.0f} s  held-out accuracy: "
                   + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in r["evals"]), flush=True)
     base, skip = results["no-skip"], results["skip"]
     print(f"skipping saves {100 * (1 - skip['train_s'] / base['train_s']):.0f}% of train_s, "
-          f"{100 * (1 - skip['step_s'] / base['step_s']):.0f}% of step_s (medians over {args.num_steps} steps)")
+          f"{100 * (1 - skip['step_s'] / base['step_s']):.0f}% of step_s (medians over {args.num_steps} steps), "
+          f"{100 * (1 - skip['cpu_s'] / base['cpu_s']):.0f}% of the run's CPU time")
 
 
 if __name__ == "__main__":
