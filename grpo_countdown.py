@@ -12,8 +12,13 @@ Departures from the paper, all deliberate:
   `--advantage dr_grpo` gives Dr. GRPO (https://arxiv.org/abs/2503.20783 §3.1): no std normalisation and a
   constant normaliser (mini-batch size x max response tokens).
 - Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap between the two is logged
-  (`train/vllm_logprob_gap`), since a silent mismatch is a known failure of colocated RL. After each weight sync
-  vLLM also re-scores a few samples, and the run stops if those log-probs are not the trainer's (`train/sync_probe_error`).
+  (`train/vllm_logprob_gap`, `train/mismatch_kl`), since a silent mismatch is a known failure of colocated RL, and
+  corrected: importance weights against vLLM's log-probs scale the policy-gradient term (`--is-correction`, by
+  default TRL's sequence-level mask; `token_tis` is Yao et al.'s truncated IS), not the KL term. After each weight
+  sync vLLM also re-scores a few samples, and the run stops if those log-probs are not the trainer's
+  (`train/sync_probe_error`).
+- Prompts whose G samples all got the same reward (advantage 0, no policy gradient) skip the update's forward and
+  backward passes (`--skip-zero-signal-groups`); unlike DAPO's dynamic sampling (§3.2), nothing is resampled.
 - Generation stops at "</answer>" (everything after it is never graded).
 
 Launch:
@@ -126,11 +131,23 @@ class Args:
     max_grad_norm: float = 1.0
     """gradient clipping (global norm)"""
     clip_ratio: float = 0.2
-    """PPO clip: ratios outside [1 - c, 1 + c] get no gradient"""
+    """PPO clip: ratios outside [1 - c, 1 + c_high] get no gradient"""
+    clip_ratio_high: float | None = None
+    """c_high, DAPO's clip-higher (0.28 in the paper); None: equal to `clip_ratio`"""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """PPO ratio per token, or GSPO's one per response, exp(mean over its tokens of logp - logp_old) (clip ~3e-4/4e-4 there)"""
+    is_correction: Literal["none", "token_tis", "sequence_mask"] = "sequence_mask"
+    """importance weights for vLLM sampling from a policy slightly off the trainer's (`sampler_correction`; TRL's default)"""
+    is_cap: float = 3.0
+    """C: token_tis caps each token's weight at C; sequence_mask drops a response whose ratio exceeds C (TRL: 3.0)"""
+    is_mask_lower: float = 0.0
+    """sequence_mask also drops a response whose ratio is below this (0: no lower bound, as TRL's default)"""
     kl_coef: float = 1e-3
     """weight of the k3 KL estimate to the reference policy in the loss (0 skips the reference model)"""
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     """grpo: (r - mean) / (std + eps) per prompt, token-mean loss; dr_grpo: r - mean, constant normaliser"""
+    skip_zero_signal_groups: bool = True
+    """leave prompts whose G rewards are all equal out of the update's passes (their gradient is 0; see the update loop)"""
     ref_cpu_offload: bool = False
     """on CUDA, keep the reference model's shards in CPU memory"""
     logprob_token_budget: int = 16384
@@ -258,6 +275,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
     for g in group_ids.unique():
         members = group_ids == g                                                # (B,)
         r = rewards[members]                                                    # (G,)
+        if (r == r[0]).all():  # no signal: exactly 0 (r - r.mean() can leave ~1e-8, which the std division blows up to ~1e-2)
+            continue
         a = r - r.mean()
         if scale_by_std:  # DeepSeekMath eq. in §4.1.2; Dr. GRPO drops it (it favours too easy / too hard prompts)
             a = a / (r.std() + eps) if len(r) > 1 else a
@@ -265,20 +284,74 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
     return advantages
 
 
-def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_ratio: float):
+def zero_signal(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """True for each sample of a prompt whose G rewards are all equal: its advantage is 0, so it adds nothing to
+    the policy gradient (DAPO https://arxiv.org/abs/2503.14476 §3.2 resamples such groups; we skip their passes).
+
+    rewards (B,), group_ids (B,) -> (B,) bool. Example: rewards [1, 0, 0.1, 0.1], groups [0, 0, 1, 1] -> [F, F, T, T].
+    """
+    out = torch.zeros_like(rewards, dtype=torch.bool)                           # (B,)
+    for g in group_ids.unique():
+        members = group_ids == g                                                # (B,)
+        out[members] = bool((rewards[members] == rewards[members][0]).all())
+    return out
+
+
+def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_ratio: float, clip_ratio_high: float | None = None,
+                      is_weights=None, mask=None, ratio_level: str = "token"):
     """Per-token PPO-clip loss and k3 KL estimate. All inputs (b, l); advantages broadcast per token.
 
-    pg = -min(ratio * A, clip(ratio, 1 - c, 1 + c) * A),  ratio = exp(logp - logp_old)      (PPO eq. 7)
+    pg = -w * min(ratio * A, clip(ratio, 1 - c, 1 + c_high) * A),  ratio = exp(logp - logp_old)   (PPO eq. 7)
+      c_high: DAPO's clip-higher (https://arxiv.org/abs/2503.14476 §3.1), = c when None (PPO)
+      w: the detached importance weight against the sampler (`sampler_correction`), 1 when None
+      ratio_level "sequence": GSPO (https://arxiv.org/abs/2507.18071 §4.1) uses one ratio per response,
+        exp(mean over its `mask` tokens of logp - logp_old), on each of its tokens (so the loss, a token mean, weights
+        responses by length, unlike GSPO's mean over responses)
     kl = exp(ref - logp) - (ref - logp) - 1   (k3: unbiased, always >= 0; http://joschu.net/blog/kl-approx.html)
     Returns pg (b, l), kl (b, l), clipped (b, l) bool.
     """
-    ratio = torch.exp(logprobs - old_logprobs)                                  # (b, l)
+    c_high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    log_ratio = logprobs - old_logprobs                                         # (b, l)
+    if ratio_level == "sequence":
+        m = mask.float()                                                        # (b, l)
+        log_ratio = ((log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)).expand_as(log_ratio)
+    ratio = torch.exp(log_ratio)                                                # (b, l)
     unclipped = ratio * advantages                                              # (b, l)
-    clipped = torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * advantages   # (b, l)
+    clipped = torch.clamp(ratio, 1 - clip_ratio, 1 + c_high) * advantages       # (b, l)
     pg = -torch.minimum(unclipped, clipped)                                     # (b, l)
+    if is_weights is not None:
+        pg = is_weights * pg                                                    # (b, l)
     log_ratio_ref = ref_logprobs - logprobs                                     # (b, l)
     kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1                           # (b, l)
     return pg, kl, clipped < unclipped
+
+
+def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float, lower: float = 0.0):
+    """Importance weights for the gap between the policy that sampled (vLLM: its kernels, bf16, top-p) and the
+    trainer's old policy, from the sampled tokens' log-probs. All inputs (B, L), mask bool.
+
+    rho_t = exp(logp_old - logp_vllm) per token;  rho = prod_t rho_t per response (TRL: a sum of log-ratios)
+      token_tis:     w_t = min(rho_t, C)   (truncated IS, Yao et al. 2025, https://fengyao.notion.site/off-policy-rl)
+      sequence_mask: w_t = rho if lower <= rho <= C, else 0: the response leaves the loss (masked IS, as TRL's
+                     default `vllm_importance_sampling_mode="sequence_mask"`, trl #4493)
+      none:          w_t = 1
+    With top_p < 1 vLLM's log-probs are renormalised over the nucleus while the trainer's are not: rho_t is then
+    also the nucleus' probability mass (<= 1), and the weights correct for top-p as well.
+    Returns w (B, L) (0 outside the mask), over_cap (B, L) bool (rho_t > C), outside (B,) bool (rho out of
+    [lower, C]), k3 (B, L): rho_t - log rho_t - 1, an estimate of KL(vLLM || trainer) per token.
+    Example: log-ratios [[0, log 4]], mask all True, C = 3: token_tis -> [[1, 3]]; sequence_mask -> rho = 4 > 3 -> [[0, 0]].
+    """
+    log_ratio = (old_logprobs - vllm_logprobs) * mask                           # (B, L)
+    token_ratio = torch.exp(log_ratio)                                          # (B, L)
+    seq_ratio = torch.exp(log_ratio.sum(-1))                                    # (B,)
+    outside = (seq_ratio > cap) | (seq_ratio < lower)                           # (B,)
+    if mode == "token_tis":
+        weights = torch.clamp(token_ratio, max=cap)                             # (B, L)
+    elif mode == "sequence_mask":
+        weights = torch.where(outside, torch.zeros_like(seq_ratio), seq_ratio)[:, None].expand_as(token_ratio)  # (B, L)
+    else:
+        weights = torch.ones_like(token_ratio)                                  # (B, L)
+    return weights * mask, (token_ratio > cap) & mask, outside, (torch.expm1(log_ratio) - log_ratio) * mask  # expm1: k3 >= 0 near 0
 
 
 def main() -> None:
@@ -291,6 +364,8 @@ def main() -> None:
     num_mini = exact_div(rollout_size, args.mini_batch_size, "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
     local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
     exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
+    if not 0 <= args.is_mask_lower < args.is_cap:
+        raise ConfigError(f"--is-mask-lower {args.is_mask_lower} / --is-cap {args.is_cap}: need 0 <= lower < cap")
     check_model_source(args.model)
     run_dir = Path(args.out_dir) / args.exp_name
     seed_everything(args.seed)
@@ -396,10 +471,15 @@ def main() -> None:
                             if reference is not None else old_logprobs)                                # (B, L)
         vllm_logprobs = torch.zeros_like(old_logprobs)                                                  # (B, L)
         vllm_logprobs[mask] = torch.tensor([lp for _, c in samples for lp in c.logprobs])
+        # importance weights against the sampler (vLLM), fixed for the whole update: they use no trained quantity
+        is_weights, is_over_cap, is_outside, mismatch_k3 = sampler_correction(
+            old_logprobs, vllm_logprobs, mask, args.is_correction, args.is_cap, args.is_mask_lower)    # (B, L), (B, L), (B,), (B, L)
 
         # ===== 4. advantages, per prompt over its G samples; every token of a response shares its sample's
         sample_advantages = group_advantages(rewards, group_ids, scale_by_std=args.advantage == "grpo")  # (B,)
         advantages = sample_advantages[:, None] * mask                                                  # (B, L)
+        zero = zero_signal(rewards, group_ids)                                                          # (B,) bool
+        train_rows = ~zero if args.skip_zero_signal_groups else torch.ones_like(zero)                  # (B,) bool
 
         # ===== 5. policy update: epochs x mini-batches x micro-batches, one optimizer step per mini-batch
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # key -> [sum, count] on this rank
@@ -415,15 +495,23 @@ def main() -> None:
                         normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
                     else:  # Dr. GRPO: a constant, the same for every batch
                         normaliser = float(args.mini_batch_size * args.max_response_tokens)
-                    for u in range(0, local_mini, args.micro_batch_size):
-                        rows = mini[u: u + args.micro_batch_size]
+                    # zero-signal samples (A = 0: no policy gradient) skip their passes; the normaliser above still
+                    # counts their tokens, so the gradient does not change (with --kl-coef > 0 their KL term is dropped)
+                    kept = [i for i in mini if train_rows[i]]
+                    # FSDP lockstep: every rank runs the same number of micro-batches; a rank with fewer pads with
+                    # micro-batches of its shortest sample at zero weight (same graph, no gradient)
+                    num_micro = all_reduce_max(-(-len(kept) // args.micro_batch_size), dist.device)
+                    for u in range(0, num_micro * args.micro_batch_size, args.micro_batch_size):
+                        rows = kept[u: u + args.micro_batch_size] or mini[-1:]
                         mb = select_rows(batch, rows, dist.device)
                         l = mb["input_ids"].shape[1]
                         logprobs, entropy = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], args.temperature)  # (b, l)
-                        m_tok = mb["response_mask"].float()                                                  # (b, l)
+                        m_tok = mb["response_mask"].float() * float(u < len(kept))                          # (b, l); 0: padding
                         pg, kl, clipped = policy_loss_terms(logprobs, old_logprobs[rows, :l].to(dist.device),
                                                             ref_logprobs[rows, :l].to(dist.device),
-                                                            advantages[rows, :l].to(dist.device), args.clip_ratio)  # (b, l)
+                                                            advantages[rows, :l].to(dist.device), args.clip_ratio,
+                                                            args.clip_ratio_high, is_weights[rows, :l].to(dist.device),
+                                                            mb["response_mask"], args.ratio_level)  # (b, l)
                         loss = ((pg + args.kl_coef * kl) * m_tok).sum() / normaliser
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
@@ -453,7 +541,12 @@ def main() -> None:
             "rollout/truncated": [float(sum(c.finish_reason == "length" for _, c in samples)), n],
             "rollout/tokens": [float(lengths.sum()), 1.0 / world],
             "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[mask].abs().sum()), float(mask.sum())],
+            "train/mismatch_kl": [float(mismatch_k3.sum()), float(mask.sum())],
+            "train/is_weight_mean": [float(is_weights.sum()), float(mask.sum())],
+            "train/is_truncated_frac": [float(is_over_cap.sum()), float(mask.sum())],
+            "train/is_masked_frac": [float(is_outside.sum()), n],
             "train/advantage_abs": [float(sample_advantages.abs().sum()), n],
+            "train/zero_signal_frac": [float(zero.sum()), n],
         })
         metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
         metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)

@@ -20,8 +20,10 @@ EXPECTED_KEYS = {
     "reward/reason_wrong_value", "reward/reason_correct", "rollout/response_len_mean", "rollout/response_len_max",
     "rollout/truncated", "rollout/tokens", "train/pg_loss", "train/kl", "train/entropy", "train/clip_frac",
     "train/grad_norm", "train/lr", "train/vllm_logprob_gap", "train/sync_probe_error", "time/probe_s", "train/advantage_abs", "time/sync_s", "time/generate_s",
+    "train/mismatch_kl", "train/is_weight_mean", "train/is_truncated_frac", "train/is_masked_frac", "train/zero_signal_frac",
     "time/grade_s", "time/logprob_s", "time/train_s", "time/step_s", "perf/generate_tokens_per_s", "perf/peak_mem_gb",
 }
+UPDATE_KEYS = {"train/pg_loss", "train/kl", "train/entropy", "train/clip_frac"}  # means over the samples the update ran on
 EVAL_KEYS = {"eval/accuracy", "eval/pass_at_k", "eval/format_rate", "eval/response_len", "time/eval_s"}
 
 
@@ -52,11 +54,15 @@ def test_grpo_runs_logs_and_learns_something(first_run):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3], "three training steps, then the final evaluation"
     for r in rows[:3]:
-        assert EXPECTED_KEYS <= set(r), f"missing: {EXPECTED_KEYS - set(r)}"
+        # a step where every prompt's samples got equal rewards skips the whole update: no update means to log
+        expected = EXPECTED_KEYS - UPDATE_KEYS if r["train/zero_signal_frac"] == 1 else EXPECTED_KEYS
+        assert expected <= set(r), f"missing: {expected - set(r)}"
         assert all(math.isfinite(v) for v in r.values()), r
         # vLLM and the trainer agree on the sampled tokens' log-probs (float32, top-p 1, weights synced each step)
         assert r["train/vllm_logprob_gap"] < 1e-3, r["train/vllm_logprob_gap"]
         assert r["train/sync_probe_error"] < 1e-4, r["train/sync_probe_error"]  # exact in float32
+        # ... so the importance weights against vLLM are ~1 and no response is masked (default: sequence_mask, C = 3)
+        assert abs(r["train/is_weight_mean"] - 1) < 1e-2 and r["train/is_masked_frac"] == 0 and r["train/mismatch_kl"] < 1e-4, r
         assert 0 <= r["reward/accuracy"] <= r["reward/format_rate"] <= 1
         assert r["rollout/tokens"] > 0 and r["time/generate_s"] > 0
     assert EVAL_KEYS <= set(rows[0]) and EVAL_KEYS <= set(rows[2]) and "eval/accuracy" in rows[3]
@@ -64,6 +70,23 @@ def test_grpo_runs_logs_and_learns_something(first_run):
     assert "held-out accuracy" in output and (run_dir / "metrics.png").stat().st_size > 1000
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"problem", "completion", "reward", "reason"} <= set(samples[0])
+    undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
+    assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("flags", [
+    ["--is-correction", "token_tis", "--clip-ratio-high", "0.28", "--ratio-level", "sequence"],
+    ["--is-correction", "none", "--no-skip-zero-signal-groups", "--kl-coef", "0.01", "--advantage", "dr_grpo"],
+], ids=["token_tis-clip_higher-gspo", "none-no_skip-kl"])
+def test_grpo_loss_options_run_with_finite_documented_metrics(flags, tmp_path):
+    run_script(["grpo_countdown.py", *SMALL, "--num-steps", "2", "--eval-every", "8", "--out-dir", str(tmp_path),
+                "--exp-name", "m", *flags], nproc=2)
+    rows = read_metrics(tmp_path / "m")
+    for r in rows[:2]:
+        assert EXPECTED_KEYS - UPDATE_KEYS <= set(r), EXPECTED_KEYS - set(r)
+        assert all(math.isfinite(v) for v in r.values()), r
+        assert abs(r["train/is_weight_mean"] - 1) < 1e-2 and r["train/is_truncated_frac"] == 0, r
     undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
     assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
 
@@ -93,7 +116,8 @@ def test_grpo_resume_continues_exactly(first_run, tmp_path):
     run_script(["grpo_countdown.py", *SMALL, "--num-steps", "4", "--out-dir", str(tmp_path), "--exp-name", "straight"], nproc=2)
     reference = next(r for r in read_metrics(straight) if r["step"] == 3)
     for key in ("reward/mean", "rollout/response_len_mean", "rollout/tokens", "train/pg_loss", "train/kl"):
-        assert rows[0][key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key
+        assert (key in rows[0]) == (key in reference), key  # update means are absent when every group was skipped
+        assert rows[0].get(key) == pytest.approx(reference.get(key), rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.e2e

@@ -19,6 +19,7 @@ EXPECTED_KEYS = {
     "train/entropy", "train/clip_frac", "train/grad_norm", "train/critic_grad_norm", "train/value_loss",
     "train/value_clip_frac", "train/explained_variance", "train/value_mean", "train/return_mean", "train/advantage_mean",
     "train/advantage_std", "train/lr", "train/critic_lr", "train/vllm_logprob_gap", "train/sync_probe_error", "time/train_s", "perf/peak_mem_gb",
+    "train/mismatch_kl", "train/is_weight_mean", "train/is_truncated_frac", "train/is_masked_frac",
 }
 
 
@@ -37,8 +38,21 @@ def test_ppo_runs_and_logs(first_run):
         assert EXPECTED_KEYS <= set(r), f"missing: {EXPECTED_KEYS - set(r)}"
         assert all(math.isfinite(v) for v in r.values()), r
         assert r["train/vllm_logprob_gap"] < 1e-3
+        assert abs(r["train/is_weight_mean"] - 1) < 1e-2 and r["train/is_masked_frac"] == 0 and r["train/mismatch_kl"] < 1e-4, r
         assert r["train/value_loss"] > 0 and r["train/critic_grad_norm"] > 0
     assert {"eval/accuracy", "eval/pass_at_k"} <= set(rows[0]) and rows[0]["eval/pass_at_k"] >= rows[0]["eval/accuracy"]
+    undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
+    assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
+
+
+@pytest.mark.e2e
+def test_ppo_token_tis_clip_higher_gspo_run(tmp_path):
+    run_script(["ppo_gsm8k.py", *SMALL, "--num-steps", "2", "--eval-every", "8", "--out-dir", str(tmp_path), "--exp-name", "m",
+                "--is-correction", "token_tis", "--clip-ratio-high", "0.28", "--ratio-level", "sequence"], nproc=2)
+    rows = read_metrics(tmp_path / "m")
+    for r in rows[:2]:
+        assert EXPECTED_KEYS <= set(r) and all(math.isfinite(v) for v in r.values()), r
+        assert abs(r["train/is_weight_mean"] - 1) < 1e-2 and r["train/is_truncated_frac"] == 0, r
     undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
     assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
 
