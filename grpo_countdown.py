@@ -36,11 +36,11 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
 from common.config import ConfigError, check_model_source, exact_div, parse_args
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
 from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
-from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
+from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
                           logprobs_in_micro_batches, pad_batch, select_rows)
 from common.tasks import countdown_key, make_countdown_problems
 from common.vllm_engine import ColocatedVLLM
@@ -148,7 +148,11 @@ class Args:
     save_every: int = 50
     """checkpoint every N steps (and at the end); 0 saves only at the end"""
     resume: str | None = None
-    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from"""
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from, or `auto`: the newest complete one
+    under <out_dir>/<exp_name>, or a fresh start if there is none (re-submit the same command after a preemption)"""
+    max_nonfinite_skips: int = 10
+    """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
+    skips in a row the run stops with an error (0: never stop)"""
     # ---- vLLM
     vllm_gpu_memory_utilization: float = 0.35
     """fraction of GPU memory for vLLM's weights and KV cache while awake"""
@@ -314,14 +318,16 @@ def main() -> None:
                            cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
     trained = dict(models={"policy": policy}, optimizers={"policy": optimizer}, schedulers={"policy": scheduler})
     start_step = 0
-    if args.resume:
-        start_step = load_checkpoint(Path(args.resume), dist, **trained)["step"]
-        print0(f"resumed from {args.resume} at step {start_step}")
+    resume = resume_path(args.resume, run_dir, dist)  # `auto`: this run's newest complete checkpoint, if any
+    if resume:
+        start_step = load_checkpoint(resume, dist, **trained)["step"]
+        print0(f"resumed from {resume} at step {start_step}")
     logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
-                       run_name=args.exp_name, resume=bool(args.resume),
+                       run_name=args.exp_name, resume=resume is not None, start_step=start_step,
                        console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
                                      "train/kl", "train/vllm_logprob_gap", "time/step_s"))
     timer = PhaseTimer(dist.device)
+    guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
     eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
@@ -401,6 +407,7 @@ def main() -> None:
                         normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
                     else:  # Dr. GRPO: a constant, the same for every batch
                         normaliser = float(args.mini_batch_size * args.max_response_tokens)
+                    mini_loss = 0.0  # this rank's share of the mini-batch loss, for the non-finite guard
                     for u in range(0, local_mini, args.micro_batch_size):
                         rows = mini[u: u + args.micro_batch_size]
                         mb = select_rows(batch, rows, dist.device)
@@ -413,13 +420,15 @@ def main() -> None:
                         loss = ((pg + args.kl_coef * kl) * m_tok).sum() / normaliser
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
+                        mini_loss += loss.item()
                         n_tok = float(m_tok.sum())
                         for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
                                            ("train/clip_frac", clipped.float())):
                             totals[key][0] += float((value.detach() * m_tok).sum())
                             totals[key][1] += n_tok
                     grad_norm = clip_grad_norm(policy, args.max_grad_norm)
-                    optimizer.step()
+                    if guard.all_finite(step, mini_loss, grad_norm):  # one all-reduce: every rank steps, or none does
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     totals["train/grad_norm"][0] += grad_norm
@@ -443,6 +452,7 @@ def main() -> None:
         })
         metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
         metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)
+        metrics.update(guard.pop())
         times = timer.pop()
         metrics.update(times)
         metrics.update({
