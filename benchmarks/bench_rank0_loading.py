@@ -7,8 +7,10 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/bench_rank0_loading.py
 
 Modes:
   every_rank   what the scripts did before: every rank `from_pretrained` (float32), then `fully_shard`
-  rank0        `common.model.load_policy`: rank 0 reads, the others build on the meta device and receive their
-               shards by broadcast (`shard_from_rank0`)
+  broadcast    rank 0 reads, the others build on the meta device; torch's `set_model_state_dict(...,
+               broadcast_from_rank0=True)` sends every rank each full tensor, and each keeps its shard
+  rank0        `common.model.load_policy`: rank 0 reads, the others build on the meta device and receive only
+               their shards, scattered from rank 0 one parameter at a time (`shard_from_rank0`)
 Reported per rank: peak resident memory (ru_maxrss) before loading (after imports), after loading, and the
 difference, the figure that matters: what loading added to the process's peak. `--copies 2` loads two models
 (policy and reference, as GRPO with a KL term does).
@@ -41,7 +43,7 @@ class Args:
     model_dir: str = ""
     """internal: the model to load (set by the plain-python launcher for the torchrun ranks)"""
     mode: str = ""
-    """internal: every_rank or rank0"""
+    """internal: every_rank, broadcast or rank0"""
 
 
 def peak_mib() -> float:
@@ -54,7 +56,10 @@ def measure(args: Args) -> None:
     from transformers import AutoModelForCausalLM
 
     from common.dist import init_distributed, seed_everything, shutdown_distributed
-    from common.model import TokenLogprobLM, fsdp_shard, load_policy
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig
+
+    from common.model import TokenLogprobLM, fsdp_shard, load_on_rank0, load_policy
 
     info = init_distributed()
     seed_everything(0)
@@ -65,6 +70,17 @@ def measure(args: Args) -> None:
         if args.mode == "every_rank":
             lm = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
             models.append(fsdp_shard(TokenLogprobLM(lm), lm.model.layers, info, bf16=False))
+        elif args.mode == "broadcast":
+            model = TokenLogprobLM(load_on_rank0(AutoModelForCausalLM, args.model_dir, AutoConfig.from_pretrained(args.model_dir), info))
+            full = model.state_dict() if info.is_main else {}
+            fsdp_shard(model, model.lm.model.layers, info, bf16=False)
+            if not info.is_main:
+                model.to_empty(device=info.device)
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            del full
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+            models.append(model)
         else:
             models.append(load_policy(args.model_dir, info))
     dist.barrier()
@@ -88,7 +104,7 @@ def launch(args: Args) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_rank0_loading_") as tmp:
         save_model(ModelArgs(layers=args.layers), Path(tmp))
-        for mode in ("every_rank", "rank0"):
+        for mode in ("every_rank", "broadcast", "rank0"):
             cmd = [torchrun, "--standalone", "--nproc_per_node", str(args.nproc), __file__, "--model-dir", tmp,
                    "--mode", mode, "--copies", str(args.copies)]
             print(" ".join(cmd), flush=True)

@@ -24,8 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
@@ -177,26 +176,39 @@ def load_on_rank0(model_class, name_or_path: str, config, dist_info: DistInfo) -
         return model_class.from_config(config, dtype=torch.float32)
 
 
+@torch.no_grad()
 def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool,
                      cpu_offload: bool = False) -> nn.Module:
     """Shard a model built by `load_on_rank0` with FSDP2 and fill every rank's shards from rank 0's weights.
 
-    Collective. Rank 0 broadcasts one full tensor at a time (`set_model_state_dict(..., broadcast_from_rank0=True)`),
-    and each rank keeps its shard: a rank other than 0 never holds more than its shards plus one full tensor,
-    where loading the whole float32 model on every rank cost a full copy per rank (`bench_rank0_loading.py`).
+    Collective. For each parameter, rank 0 cuts its full tensor into FSDP2's dim-0 shards (`torch.chunk` sizes,
+    padded to equal length) and scatters them: each rank receives only its own rows, so a rank other than 0 never
+    holds more than its shards plus one padded shard in flight. (`set_model_state_dict(..., broadcast_from_rank0=True)`
+    also works, but every rank receives each full tensor: one whole embedding matrix in flight.)
+    `bench_rank0_loading.py` measures the peak host memory of both against every rank reading the checkpoint.
     Weights the checkpoint lacks (a critic's new head) are thus initialised once, on rank 0: every rank starts from
-    the same model. Buffers outside the state dict (rotary tables, computed in `__init__`) are broadcast too.
+    the same model. Buffers (rotary tables, computed in `__init__`, not sharded by FSDP2) are broadcast.
     """
-    full = model.state_dict() if dist_info.is_main else {}  # references to rank 0's tensors, no copy
+    full = dict(model.named_parameters()) if dist_info.is_main else {}  # rank 0's full tensors, until scattered
     fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
-    if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the broadcast fills them
+    if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the scatter fills them
         model.to_empty(device=torch.device("cpu") if cpu_offload else dist_info.device)
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del full
-    in_state_dict = set(model.state_dict())
-    for name, buffer in model.named_buffers():
-        if name not in in_state_dict:
-            dist.broadcast(buffer, src=0)
+    world, device = dist_info.world_size, dist_info.device
+    for name, param in model.named_parameters():  # the same names in the same order on every rank
+        assert isinstance(param, DTensor) and param.placements == (Shard(0),), f"{name}: not an FSDP2 dim-0 shard"
+        rows = -(-param.shape[0] // world)                                          # ceil: rows of a full shard
+        received = torch.empty((rows, *param.shape[1:]), dtype=param.dtype, device=device)
+        pieces = None
+        if dist_info.is_main:  # views of the full tensor; only a short last shard is padded (a copy)
+            pieces = [chunk if len(chunk) == rows else torch.cat([chunk, chunk.new_zeros(rows - len(chunk), *chunk.shape[1:])])
+                      for chunk in full.pop(name).detach().to(device).split(rows)]
+            pieces += [torch.zeros_like(received) for _ in range(world - len(pieces))]  # ranks left with no rows
+        dist.scatter(received, pieces, src=0)
+        local = param.to_local()                                                    # this rank's rows (maybe 0)
+        local.copy_(received[: local.shape[0]])
+        del received, pieces
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
     return model
 
 
