@@ -232,7 +232,7 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
 def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
     """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
     init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2.
-    Loaded on rank 0 only, like the policy; the new head is initialised there and broadcast."""
+    Read on rank 0 only, like the policy; the new head is initialised there and scattered with the rest."""
     config = AutoConfig.from_pretrained(name_or_path, num_labels=1)
     config.classifier_dropout = 0.0  # Hugging Face's default is 0.1: values must not be noisy
     lm = load_on_rank0(AutoModelForTokenClassification, name_or_path, config, dist_info)
