@@ -42,11 +42,11 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
 from common.config import ConfigError, check_model_source, exact_div, parse_args
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
 from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
-from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
+from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
                           logprobs_in_micro_batches, pad_batch, select_rows)
 from common.tasks import countdown_key, make_countdown_problems
 from common.vllm_engine import ColocatedVLLM
@@ -166,7 +166,11 @@ class Args:
     save_every: int = 50
     """checkpoint every N steps (and at the end); 0 saves only at the end"""
     resume: str | None = None
-    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from"""
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from, or `auto`: the newest complete one
+    under <out_dir>/<exp_name>, or a fresh start if there is none (re-submit the same command after a preemption)"""
+    max_nonfinite_skips: int = 10
+    """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
+    skips in a row the run stops with an error (0: never stop)"""
     # ---- vLLM
     vllm_gpu_memory_utilization: float = 0.35
     """fraction of GPU memory for vLLM's weights and KV cache while awake"""
@@ -398,14 +402,16 @@ def main() -> None:
                            cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
     trained = dict(models={"policy": policy}, optimizers={"policy": optimizer}, schedulers={"policy": scheduler})
     start_step = 0
-    if args.resume:
-        start_step = load_checkpoint(Path(args.resume), dist, **trained)["step"]
-        print0(f"resumed from {args.resume} at step {start_step}")
+    resume = resume_path(args.resume, run_dir, dist)  # `auto`: this run's newest complete checkpoint, if any
+    if resume:
+        start_step = load_checkpoint(resume, dist, **trained)["step"]
+        print0(f"resumed from {resume} at step {start_step}")
     logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
-                       run_name=args.exp_name, resume=bool(args.resume),
+                       run_name=args.exp_name, resume=resume is not None, start_step=start_step,
                        console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
                                      "train/kl", "train/vllm_logprob_gap", "time/step_s"))
     timer = PhaseTimer(dist.device)
+    guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
     eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
@@ -498,6 +504,7 @@ def main() -> None:
                     # zero-signal samples (A = 0: no policy gradient) skip their passes; the normaliser above still
                     # counts their tokens, so the gradient does not change (with --kl-coef > 0 their KL term is dropped)
                     kept = [i for i in mini if train_rows[i]]
+                    mini_loss = 0.0  # this rank's share of the mini-batch loss, for the non-finite guard
                     # FSDP lockstep: every rank runs the same number of micro-batches; a rank with fewer pads with
                     # micro-batches of its shortest sample at zero weight (same graph, no gradient)
                     num_micro = all_reduce_max(-(-len(kept) // args.micro_batch_size), dist.device)
@@ -515,13 +522,15 @@ def main() -> None:
                         loss = ((pg + args.kl_coef * kl) * m_tok).sum() / normaliser
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
+                        mini_loss += loss.item()
                         n_tok = float(m_tok.sum())
                         for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
                                            ("train/clip_frac", clipped.float())):
                             totals[key][0] += float((value.detach() * m_tok).sum())
                             totals[key][1] += n_tok
                     grad_norm = clip_grad_norm(policy, args.max_grad_norm)
-                    optimizer.step()
+                    if guard.all_finite(step, mini_loss, grad_norm):  # one all-reduce: every rank steps, or none does
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     totals["train/grad_norm"][0] += grad_norm
@@ -550,6 +559,7 @@ def main() -> None:
         })
         metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
         metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)
+        metrics.update(guard.pop())
         times = timer.pop()
         metrics.update(times)
         metrics.update({

@@ -42,11 +42,11 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
 from common.config import ConfigError, check_model_source, exact_div, parse_args
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
 from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
-from common.model import (build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
+from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
                           logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
 from common.vllm_engine import ColocatedVLLM
 from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference
@@ -175,7 +175,11 @@ class Args:
     save_every: int = 50
     """checkpoint every N steps (and at the end); 0 saves only at the end"""
     resume: str | None = None
-    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from"""
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from, or `auto`: the newest complete one
+    under <out_dir>/<exp_name>, or a fresh start if there is none (re-submit the same command after a preemption)"""
+    max_nonfinite_skips: int = 10
+    """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
+    skips in a row the run stops with an error (0: never stop)"""
     # ---- vLLM
     vllm_gpu_memory_utilization: float = 0.35
     """fraction of GPU memory for vLLM's weights and KV cache while awake"""
@@ -407,14 +411,16 @@ def main() -> None:
     trained = dict(models={"policy": policy, "critic": critic}, optimizers={"policy": optimizer, "critic": critic_optimizer},
                    schedulers={"policy": scheduler, "critic": critic_scheduler})
     start_step = 0
-    if args.resume:
-        start_step = load_checkpoint(Path(args.resume), dist, **trained)["step"]
-        print0(f"resumed from {args.resume} at step {start_step}")
+    resume = resume_path(args.resume, run_dir, dist)  # `auto`: this run's newest complete checkpoint, if any
+    if resume:
+        start_step = load_checkpoint(resume, dist, **trained)["step"]
+        print0(f"resumed from {resume} at step {start_step}")
     logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
-                       run_name=args.exp_name, resume=bool(args.resume),
+                       run_name=args.exp_name, resume=resume is not None, start_step=start_step,
                        console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
                                      "train/kl", "train/vllm_logprob_gap", "time/step_s"))
     timer = PhaseTimer(dist.device)
+    guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
     eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
@@ -505,6 +511,7 @@ def main() -> None:
                     # loss normaliser over the whole mini-batch on all ranks, so the gradient does not depend on
                     # how the batch is split into micro-batches or ranks (DESIGN.md)
                     normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
+                    mini_loss = 0.0  # this rank's share of the mini-batch loss, for the non-finite guard
                     for u in range(0, local_mini, args.micro_batch_size):
                         rows = mini[u: u + args.micro_batch_size]
                         mb = select_rows(batch, rows, dist.device)
@@ -523,17 +530,21 @@ def main() -> None:
                         loss = ((actor_on * (pg + args.kl_coef * kl) + vf) * m_tok).sum() / normaliser  # one backward, both models
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
+                        mini_loss += loss.item()
                         n_tok = float(m_tok.sum())
                         for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
                                            ("train/clip_frac", clipped.float()), ("train/value_loss", vf),
                                            ("train/value_clip_frac", vf_clipped.float())):
                             totals[key][0] += float((value.detach() * m_tok).sum())
                             totals[key][1] += n_tok
-                    for name, model, opt, sched in (("grad_norm", policy, optimizer, scheduler),
-                                                    ("critic_grad_norm", critic, critic_optimizer, critic_scheduler)):
-                        totals[f"train/{name}"][0] += clip_grad_norm(model, args.max_grad_norm)
+                    grad_norms = [clip_grad_norm(model, args.max_grad_norm) for model in (policy, critic)]
+                    finite = guard.all_finite(step, mini_loss, *grad_norms)  # one all-reduce: every rank steps, or none does
+                    for name, grad_norm, opt, sched in (("grad_norm", grad_norms[0], optimizer, scheduler),
+                                                        ("critic_grad_norm", grad_norms[1], critic_optimizer, critic_scheduler)):
+                        totals[f"train/{name}"][0] += grad_norm
                         totals[f"train/{name}"][1] += 1.0 / world  # every rank sees the same global norm
-                        opt.step()
+                        if finite:
+                            opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
 
@@ -565,6 +576,7 @@ def main() -> None:
         })
         metrics.update(global_means({k: tuple(v) for k, v in totals.items()}, dist.device))
         metrics["rollout/response_len_max"] = all_reduce_max(int(lengths.max()), dist.device)
+        metrics.update(guard.pop())
         variance = lambda key: metrics.pop(f"train/{key}_sq") - metrics[f"train/{key}_mean"] ** 2
         metrics["train/advantage_std"] = math.sqrt(max(variance("advantage"), 0.0))
         # explained variance of the returns by the old values: 1 is a perfect critic, <= 0 no better than a constant

@@ -2,7 +2,8 @@
 
     save_checkpoint(out_dir / f"step_{step:06d}", dist, models={"policy": policy}, optimizers={"policy": opt},
                     schedulers={"policy": sched}, tokenizer=tok, state={"step": step, "data_position": pos})
-    state = load_checkpoint(path, dist, models=..., optimizers=..., schedulers=...)   # for --resume
+    resume = resume_path(args.resume, run_dir, dist)   # --resume auto: the newest complete checkpoint, or None
+    state = load_checkpoint(resume, dist, models=..., optimizers=..., schedulers=...)
 
 Layout of <path>:
   policy/           Hugging Face format (config, safetensors, tokenizer): `from_pretrained` and vLLM load it
@@ -10,12 +11,14 @@ Layout of <path>:
   trainer_state.pt  schedulers and the script's own state (step, data position), written by rank 0
   rng_rank{r}.pt    every rank's RNG states
 Everything is written under <path>.tmp and renamed to <path> at the end: a run killed mid-save leaves a
-`.tmp` folder, never a checkpoint that looks complete but is not.
+`.tmp` folder, never a checkpoint that looks complete but is not: `--resume auto` (`latest_checkpoint`) only
+ever picks a `step_XXXXXX` folder, so an interrupted save is skipped and the run goes on from the one before.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -101,3 +104,23 @@ def load_checkpoint(path: Path, dist_info: DistInfo, *, models: dict, optimizers
     if rng.is_file():  # absent when resuming with another world size: then only the seeds differ
         _set_rng_state(torch.load(rng, weights_only=False))
     return saved["state"]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint under `run_dir`: the `step_XXXXXX` folder with the highest step, or None.
+    An interrupted save left `step_XXXXXX.tmp` (`save_checkpoint` renames only a complete folder): never picked."""
+    complete = [p for p in Path(run_dir).glob("step_*")
+                if re.fullmatch(r"step_\d+", p.name) and (p / "trainer_state.pt").is_file()]
+    return max(complete, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+
+
+def resume_path(resume: str | None, run_dir: Path, dist_info: DistInfo) -> Path | None:
+    """What `--resume` means: None -> a fresh start; "auto" -> the newest complete checkpoint under `run_dir`, or a
+    fresh start when there is none (one command line, re-submitted after a preemption, continues the run); any
+    other value -> that folder. Collective: rank 0 looks, and every rank gets its answer, so all agree even if
+    another node's view of the file system lags."""
+    if resume != "auto":
+        return Path(resume) if resume else None
+    found = [str(latest_checkpoint(run_dir) or "") if dist_info.is_main else None]
+    dist.broadcast_object_list(found, src=0)
+    return Path(found[0]) if found[0] else None

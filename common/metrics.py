@@ -59,7 +59,8 @@ class RunLogger:
     """Console line + JSONL + optional wandb, on rank 0 only (every method is a no-op when `enabled` is False)."""
 
     def __init__(self, out_dir: str | Path, config: dict, *, enabled: bool, track: bool = False,
-                 project: str = "", run_name: str = "", console_keys: tuple[str, ...] = (), resume: bool = False):
+                 project: str = "", run_name: str = "", console_keys: tuple[str, ...] = (), resume: bool = False,
+                 start_step: int = 0):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.console_keys = console_keys
@@ -68,8 +69,10 @@ class RunLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "args.json").write_text(json.dumps(config, indent=2, default=str))
-        self.metrics_file = open(self.out_dir / "metrics.jsonl", "a" if resume else "w")
-        self.samples_file = open(self.out_dir / "samples.jsonl", "a" if resume else "w")
+        # a resumed run keeps the rows of the steps before `start_step` and redoes the rest (a crashed run may have
+        # logged steps after its last checkpoint)
+        self.metrics_file = _reopen(self.out_dir / "metrics.jsonl", start_step if resume else 0)
+        self.samples_file = _reopen(self.out_dir / "samples.jsonl", start_step if resume else 0)
         if track:
             import wandb
 
@@ -108,6 +111,15 @@ class RunLogger:
             plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "metrics.png", plot_keys)
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _reopen(path: Path, keep_before: int):
+    """Open a JSONL log for writing, keeping only its rows with "step" < keep_before (0: start empty)."""
+    lines = path.read_text().splitlines() if keep_before > 0 and path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] < keep_before]
+    f = open(path, "w")
+    f.writelines(line + "\n" for line in kept)
+    return f
 
 
 def plot_metrics(jsonl: Path, png: Path, keys: tuple[str, ...]) -> None:

@@ -1,6 +1,6 @@
 """The policy under FSDP2: loading, sharding, optimizer and schedule, and memory-light token log-probs.
 
-    policy = load_policy(args.model, dist, bf16=True, activation_checkpointing=True)
+    policy = load_policy(args.model, dist, bf16=True, activation_checkpointing=True)   # rank 0 reads, others receive
     optimizer = build_optimizer(policy, lr=1e-6)
     scheduler = build_scheduler(optimizer, "constant", warmup_steps=0, total_steps=n)
     batch = pad_batch(prompt_ids, response_ids, pad_id)          # (B, L) tensors
@@ -16,6 +16,7 @@ use the output head chunk by chunk, so it has to live inside that `forward`, not
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -23,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
@@ -166,34 +167,80 @@ def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, 
     return model
 
 
+def load_on_rank0(model_class, name_or_path: str, config, dist_info: DistInfo) -> nn.Module:
+    """Rank 0 reads the checkpoint (`from_pretrained`, float32); every other rank builds the same model on the meta
+    device (`from_config`: no memory, no weights). `shard_from_rank0` then gives every rank its shards."""
+    if dist_info.is_main:
+        return model_class.from_pretrained(name_or_path, config=config, dtype=torch.float32)
+    with torch.device("meta"):
+        return model_class.from_config(config, dtype=torch.float32)
+
+
+@torch.no_grad()
+def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool,
+                     cpu_offload: bool = False) -> nn.Module:
+    """Shard a model built by `load_on_rank0` with FSDP2 and fill every rank's shards from rank 0's weights.
+
+    Collective. For each parameter, rank 0 cuts its full tensor into FSDP2's dim-0 shards (`torch.chunk` sizes,
+    padded to equal length) and scatters them: each rank receives only its own rows, so a rank other than 0 never
+    holds more than its shards plus one padded shard in flight. (`set_model_state_dict(..., broadcast_from_rank0=True)`
+    also works, but every rank receives each full tensor: one whole embedding matrix in flight.)
+    `bench_rank0_loading.py` measures the peak host memory of both against every rank reading the checkpoint.
+    Weights the checkpoint lacks (a critic's new head) are thus initialised once, on rank 0: every rank starts from
+    the same model. Buffers (rotary tables, computed in `__init__`, not sharded by FSDP2) are broadcast.
+    """
+    full = dict(model.named_parameters()) if dist_info.is_main else {}  # rank 0's full tensors, until scattered
+    fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+    if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the scatter fills them
+        model.to_empty(device=torch.device("cpu") if cpu_offload else dist_info.device)
+    world, device = dist_info.world_size, dist_info.device
+    for name, param in model.named_parameters():  # the same names in the same order on every rank
+        assert isinstance(param, DTensor) and param.placements == (Shard(0),), f"{name}: not an FSDP2 dim-0 shard"
+        rows = -(-param.shape[0] // world)                                          # ceil: rows of a full shard
+        received = torch.empty((rows, *param.shape[1:]), dtype=param.dtype, device=device)
+        pieces = None
+        if dist_info.is_main:  # views of the full tensor; only a short last shard is padded (a copy)
+            pieces = [chunk if len(chunk) == rows else torch.cat([chunk, chunk.new_zeros(rows - len(chunk), *chunk.shape[1:])])
+                      for chunk in full.pop(name).detach().to(device).split(rows)]
+            pieces += [torch.zeros_like(received) for _ in range(world - len(pieces))]  # ranks left with no rows
+        dist.scatter(received, pieces, src=0)
+        local = param.to_local()                                                    # this rank's rows (maybe 0)
+        local.copy_(received[: local.shape[0]])
+        del received, pieces
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return model
+
+
 def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False,
                 trainable: bool = True, cpu_offload: bool = False) -> TokenLogprobLM:
     """Load a causal LM (local directory or hub id), wrap it as `TokenLogprobLM` and shard it with FSDP2.
 
-    Every rank loads the same float32 weights (same init everywhere), then keeps only its shard.
+    Only rank 0 reads the float32 weights; the other ranks get their shards from it (`shard_from_rank0`).
     trainable=False gives a frozen model in eval mode (the reference policy for the KL term).
     """
-    lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    lm = load_on_rank0(AutoModelForCausalLM, name_or_path, AutoConfig.from_pretrained(name_or_path), dist_info)
     lm.config.use_cache = False
     if activation_checkpointing and trainable:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = TokenLogprobLM(lm)
     model.train(trainable)  # Qwen2 has no dropout; eval mode for the reference anyway
     model.requires_grad_(trainable)
-    return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
 
 
 def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
     """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
-    init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2."""
+    init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2.
+    Read on rank 0 only, like the policy; the new head is initialised there and scattered with the rest."""
     config = AutoConfig.from_pretrained(name_or_path, num_labels=1)
     config.classifier_dropout = 0.0  # Hugging Face's default is 0.1: values must not be noisy
-    lm = AutoModelForTokenClassification.from_pretrained(name_or_path, config=config, dtype=torch.float32)
+    lm = load_on_rank0(AutoModelForTokenClassification, name_or_path, config, dist_info)
     lm.config.use_cache = False
     if activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = TokenValueModel(lm)
-    return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16)
+    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,6 +284,54 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm (over all shards) and return it, before clipping, as a float."""
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+
+class NonFiniteGuard:
+    """Skip an optimizer step on every rank when the loss or the gradient norm is not finite on any rank, count the
+    skips, and stop the run after `max_consecutive` skips in a row (0: never stop).
+
+        guard = NonFiniteGuard(args.max_nonfinite_skips, dist)
+        grad_norm = clip_grad_norm(policy, args.max_grad_norm)
+        if guard.all_finite(step, mini_batch_loss, grad_norm):   # one all-reduce: every rank gets the same answer
+            optimizer.step()                                     # (the zero_grad that follows drops a skipped step's grads)
+        metrics.update(guard.pop())                              # {"train/nonfinite_skips": skips since the last pop}
+
+    All ranks decide together because FSDP ranks must take the same optimizer steps (a NaN in one rank's loss also
+    reaches every rank's gradient shards through the reduce-scatter). A skipped step leaves the weights untouched,
+    so no NaN reaches them, nor vLLM's copy at the next sync.
+    Test hook: the environment variable R1_INJECT_NONFINITE=3,5 makes the last rank report a NaN at every check
+    of training steps 3 and 5 (tests/test_scale.py).
+    """
+
+    def __init__(self, max_consecutive: int, dist_info: DistInfo):
+        self.max_consecutive = max_consecutive
+        self.dist_info = dist_info
+        injected = os.environ.get("R1_INJECT_NONFINITE", "")
+        self.injected = ({int(s) for s in injected.split(",") if s.strip()}
+                         if dist_info.rank == dist_info.world_size - 1 else set())
+        self.consecutive = 0
+        self.skipped = 0
+
+    def all_finite(self, step: int, *values: float) -> bool:
+        """True when every value is finite on every rank (collective). Otherwise count a skip, and raise
+        SystemExit with a one-line error after `max_consecutive` skips in a row."""
+        bad = step in self.injected or not all(math.isfinite(float(v)) for v in values)
+        if not all_reduce_max(int(bad), self.dist_info.device):
+            self.consecutive = 0
+            return True
+        self.skipped += 1
+        self.consecutive += 1
+        if self.max_consecutive and self.consecutive >= self.max_consecutive:
+            message = (f"error: {self.consecutive} optimizer steps in a row had a non-finite loss or gradient norm, the "
+                       f"last at training step {step}; the weights are those before them: lower --learning-rate, or "
+                       f"raise --max-nonfinite-skips")
+            raise SystemExit(message if self.dist_info.is_main else 1)  # every rank stops; rank 0 says why
+        return False
+
+    def pop(self) -> dict[str, float]:
+        """Skips since the last call, as a metric."""
+        skipped, self.skipped = self.skipped, 0
+        return {"train/nonfinite_skips": float(skipped)}
 
 
 # ---------------------------------------------------------------------------------------------------

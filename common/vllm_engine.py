@@ -80,9 +80,13 @@ class ColocatedVLLM:
             # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
             "enable_chunked_prefill": False,
         })
+        dtype = dtype or ("bfloat16" if on_gpu else "float32")
+        # weights are cast to vLLM's dtype before the sync's all-gather: in bf16 that moves half the bytes, and
+        # rounds exactly as vLLM's own float32 -> bf16 copy would (bench_weight_sync.py); float32 stays as it is
+        self.sync_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
         self.llm = LLM(
             model=model, tokenizer=tokenizer or model, seed=seed,
-            dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+            dtype=dtype,
             max_model_len=max_model_len,
             enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
             tensor_parallel_size=tp,
@@ -129,7 +133,8 @@ class ColocatedVLLM:
 
         `named_params` yields Hugging Face names (default: `model.named_parameters()`); each DTensor is
         gathered with `full_tensor()`, a collective, so every rank walks the same parameters in the same order
-        while vLLM consumes them lazily: at most one gathered tensor is alive at a time.
+        while vLLM consumes them lazily: at most one gathered tensor is alive at a time. When vLLM holds bf16
+        (GPU default), each shard is cast to bf16 before its all-gather (`sync_dtype`).
         Tied embeddings: the shared tensor appears once, as `model.embed_tokens.weight`; vLLM's output head
         kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, FACTS.md).
         """
@@ -137,6 +142,8 @@ class ColocatedVLLM:
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
             for name, param in (named_params if named_params is not None else model.named_parameters()):
+                if self.sync_dtype is not None:  # cast this rank's shard, then gather: half the bytes in bf16
+                    param = param.detach().to(self.sync_dtype)
                 full = param.full_tensor() if isinstance(param, DTensor) else param.detach()
                 yield name, full
                 if tied and name.endswith("embed_tokens.weight"):
