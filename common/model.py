@@ -21,12 +21,11 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor import DTensor
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
+
+# transformers and torch's FSDP/DTensor modules are imported inside the functions that use them: together they
+# take seconds, and `--help` and bad settings answer before that.
 
 LOGPROB_CHUNK_TOKENS = 512  # rows per output-head chunk: (512, 151936) float32 logits = 0.3 GB, not the 2.5 GB of (4, 1024, V)
 
@@ -157,6 +156,9 @@ def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, 
     bf16: compute in bfloat16 with float32 master weights and float32 gradient reduction.
     cpu_offload: keep the shards in CPU memory between uses (for a frozen reference model on GPU).
     """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
@@ -173,6 +175,8 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     Every rank loads the same float32 weights (same init everywhere), then keeps only its shard.
     trainable=False gives a frozen model in eval mode (the reference policy for the KL term).
     """
+    from transformers import AutoModelForCausalLM
+
     lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
     lm.config.use_cache = False
     if activation_checkpointing and trainable:
@@ -183,9 +187,18 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     return fsdp_shard(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a local Hugging Face directory or hub id (`AutoTokenizer`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
 def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
     """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
     init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
     config = AutoConfig.from_pretrained(name_or_path, num_labels=1)
     config.classifier_dropout = 0.0  # Hugging Face's default is 0.1: values must not be noisy
     lm = AutoModelForTokenClassification.from_pretrained(name_or_path, config=config, dtype=torch.float32)
@@ -235,6 +248,8 @@ def build_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int, m
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm (over all shards) and return it, before clipping, as a float."""
+    from torch.distributed.tensor import DTensor
+
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 

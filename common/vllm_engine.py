@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
 
+from common.console import is_quiet, native_stderr_filter
 from common.dist import DistInfo, sampling_seed
+
+# vLLM (and DTensor) are imported inside the methods, not here: importing vLLM takes seconds (`--help` and bad
+# settings answer before that), and it reads its log level (set by `common.console.quiet_console`) when imported.
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,10 @@ class ColocatedVLLM:
             # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
             "enable_chunked_prefill": False,
         })
-        self.llm = LLM(
+        from vllm import LLM
+
+        # quiet mode drops torch's C++ NUMA notice printed while the CPU worker starts (see common.console)
+        self.llm = native_stderr_filter()(LLM)(
             model=model, tokenizer=tokenizer or model, seed=seed,
             dtype=dtype or ("bfloat16" if on_gpu else "float32"),
             max_model_len=max_model_len,
@@ -77,6 +81,7 @@ class ColocatedVLLM:
             # trainer recomputes with logits / T. With top_p < 1 they also include top-p's renormalisation.
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization,
+            use_tqdm_on_load=not is_quiet(),
             **cpu_only,
         )
         self.dist_info = dist_info
@@ -116,6 +121,8 @@ class ColocatedVLLM:
         Tied embeddings: the shared tensor appears once, as `model.embed_tokens.weight`; vLLM's output head
         kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, FACTS.md).
         """
+        from torch.distributed.tensor import DTensor
+
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
@@ -138,6 +145,9 @@ class ColocatedVLLM:
         temperature 0 is greedy. Each request gets its own seed from (seed, step, rank, index), so ranks differ,
         and the same (seed, step) reproduces the same samples.
         """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
         local = prompts
         if self.tp > 1:  # one engine per TP group: generate the group's prompts together
             gathered: list[list[list[int]]] = [None] * self.tp  # type: ignore[list-item]
