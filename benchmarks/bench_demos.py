@@ -27,8 +27,7 @@ DEMOS = {  # name: (script, target points, target minutes)
 def run_demo(name: str, out_dir: Path) -> dict:
     script, _, _ = DEMOS[name]
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script, "--preset", "tiny",
                            "--out-dir", str(out_dir), "--exp-name", name], cwd=ROOT, env=env, capture_output=True, text=True)

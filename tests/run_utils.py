@@ -15,7 +15,7 @@ def run_script(args: list[str], *, nproc: int | None = 2, timeout: int = 900, ch
     """nproc=None runs `python script ...`; otherwise `torchrun --standalone --nproc_per_node nproc script ...`."""
     launcher = [sys.executable] if nproc is None else [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "VLLM_LOGGING_LEVEL": "WARNING"}
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}  # the scripts quiet vLLM themselves (common.console)
     proc = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     if check:

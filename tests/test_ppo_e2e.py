@@ -64,3 +64,11 @@ def test_ppo_resume_continues(first_run, tmp_path):
     rows = read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows] == [3, 4]
     assert (tmp_path / "resumed" / "step_000004" / "critic" / "config.json").is_file()
+
+
+@pytest.mark.e2e
+def test_ppo_eval_only_of_a_model_directory(tmp_path):
+    proc = run_script(["ppo_gsm8k.py", *SMALL, "--eval-only", str(MODEL), "--out-dir", str(tmp_path), "--exp-name", "ev"],
+                      nproc=None, timeout=600)
+    assert "pass@2" in proc.stdout + proc.stderr
+    assert len((tmp_path / "ev" / "eval_samples.jsonl").read_text().splitlines()) == 16 * 2
