@@ -212,9 +212,6 @@ STOP = ["</answer>"]
 REASONS = COUNTDOWN_REASONS  # every reason `grade` returns: one `reward/reason_<r>` metric each
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Data order and evaluation (the same for every task)
-# ---------------------------------------------------------------------------------------------------------------
 def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
     """(train, test) lists of {"nums": [...], "target": int}."""
     if not args.synthetic:
@@ -256,6 +253,9 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
     return g.reward, g.reason
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Data order and evaluation (the same for every task)
+# ---------------------------------------------------------------------------------------------------------------
 def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
     """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
     so a resumed run continues exactly where the first one stopped.

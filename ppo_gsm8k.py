@@ -215,9 +215,6 @@ STOP = ["\n\nQuestion", "\n\nProblem"]  # oat's stop strings: an SFT model goes 
 REASONS = ("correct", "no_answer", "wrong_value")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Data order and evaluation (the same for every task)
-# ---------------------------------------------------------------------------------------------------------------
 def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
     """(train, test) lists of {"question": str, "answer": reference number as a string}."""
     splits = None
@@ -261,6 +258,9 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
     return (1.0, "correct") if gsm8k_reward(text, problem["answer"]) == 1.0 else (0.0, "wrong_value")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Data order and evaluation (the same for every task)
+# ---------------------------------------------------------------------------------------------------------------
 def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
     """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
     so a resumed run continues exactly where the first one stopped.
