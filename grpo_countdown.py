@@ -19,6 +19,7 @@ Launch:
     torchrun --nproc_per_node 8 grpo_countdown.py                       # Qwen2.5-3B, 8 GPUs
     torchrun --nproc_per_node 2 grpo_countdown.py --preset tiny         # the shipped tiny model, 2 CPU processes
     python grpo_countdown.py --preset tiny --num-steps 3                # one process
+    python grpo_countdown.py --preset tiny --eval-only runs/grpo_countdown/step_000080  # evaluate a checkpoint
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Launch:
     torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
     torchrun --nproc_per_node 2 ppo_gsm8k.py --preset tiny              # the shipped tiny model, 2 CPU processes
     python ppo_gsm8k.py --preset tiny --num-steps 3                     # one process
+    python ppo_gsm8k.py --preset tiny --eval-only runs/ppo_gsm8k/step_000060       # evaluate a checkpoint
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
     python benchmarks/bench_demos.py                 # both; ~11 min on 2 cores
     python benchmarks/bench_demos.py grpo            # one of them
 
+The GRPO run's metrics.png becomes the README's picture, docs/grpo_demo.png.
+
 Targets (2 CPU cores): GRPO raises tiny-Countdown held-out accuracy by >= 15 points within 10 minutes;
 PPO raises tiny-word-problem accuracy by >= 10 points within 15 minutes.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,8 @@ def run_demo(name: str, out_dir: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{script} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     rows = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+    if name == "grpo":
+        shutil.copy(out_dir / name / "metrics.png", ROOT / "docs" / "grpo_demo.png")
     evals = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
     steps = max(r["step"] for r in rows)
     train_s = sum(r.get("time/step_s", 0.0) for r in rows)

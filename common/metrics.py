@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from common.dist import gather_to_main, print0
 
-# The panels of metrics.png: each a tuple of keys drawn together (a second key gets its own y axis on the right).
-PLOT_PANELS: tuple[tuple[str, ...], ...] = (
-    ("reward/mean", "reward/accuracy"),
-    ("eval/accuracy",),
-    ("rollout/response_len_mean",),
-    ("train/entropy", "train/kl"),
-    ("time/step_s",),
+# The panels of metrics.png: (title, keys on the left y axis, keys on a right y axis: for another scale)
+PLOT_PANELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("training reward", ("reward/mean", "reward/accuracy"), ()),
+    ("held-out accuracy", ("eval/accuracy",), ()),
+    ("response length (tokens)", ("rollout/response_len_mean",), ()),
+    ("entropy and KL", ("train/entropy",), ("train/kl",)),
+    ("seconds per step", ("time/step_s",), ()),
 )
 
 
@@ -110,7 +110,7 @@ class RunLogger:
             cols = list(rows[0])
             self.wandb.log({"samples": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])}, step=step)
 
-    def finish(self, plot_panels: tuple[tuple[str, ...], ...] = PLOT_PANELS) -> None:
+    def finish(self, plot_panels=PLOT_PANELS) -> None:
         if not self.enabled:
             return
         self.metrics_file.close()
@@ -121,10 +121,9 @@ class RunLogger:
             self.wandb.finish()
 
 
-def plot_metrics(jsonl: Path, png: Path, panels: tuple[tuple[str, ...], ...] = PLOT_PANELS) -> None:
-    """One panel per tuple of keys, against step, from a metrics.jsonl file (a second key of a panel is drawn on a
-    right-hand y axis: KL and entropy differ by orders of magnitude). Held-out (`eval/`) values exist only at the
-    evaluation steps: they are drawn as marked points joined by a line; training values as a plain line."""
+def plot_metrics(jsonl: Path, png: Path, panels=PLOT_PANELS) -> None:
+    """One panel per entry of `panels` (see `PLOT_PANELS`), against step, from a metrics.jsonl file. Held-out
+    (`eval/`) values exist only at evaluation steps: they are drawn as marked points joined by a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,19 +131,19 @@ def plot_metrics(jsonl: Path, png: Path, panels: tuple[tuple[str, ...], ...] = P
 
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
-    for ax, keys in zip(axes[0], panels):
-        titles = []
-        for i, key in enumerate(keys[:2]):
-            points = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
-            target, color = (ax, "C0") if i == 0 else (ax.twinx(), "C3")
-            if points:
+    colors = iter(f"C{i}" for i in range(100))
+    for ax, (title, left, right) in zip(axes[0], panels):
+        for keys, axis in ((left, ax), (right, ax.twinx() if right else None)):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
                 marked = key.startswith("eval/") or len(points) < 3
-                target.plot(*zip(*points), color=color, marker="o" if marked else None, markersize=4, linewidth=1.2)
-            target.tick_params(axis="y", labelcolor=color, labelsize=8)
-            titles.append(key)
-        ax.set_title("  |  ".join(titles) if len(titles) == 1 else f"{titles[0]} (blue) | {titles[1]} (red)", fontsize=9)
+                axis.plot(*zip(*points) if points else ([], []), color=next(colors), label=key + (" (right)" if axis is not ax else ""),
+                          marker="o" if marked else None, markersize=4, linewidth=1.2)
+                axis.tick_params(labelsize=8)
+        handles = [h for a in fig.axes if a is ax or a.get_shared_x_axes().joined(a, ax) for h in a.get_lines()]
+        ax.legend(handles=handles, fontsize=7, loc="best")
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=80)
