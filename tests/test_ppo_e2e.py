@@ -1,6 +1,7 @@
 """ppo_gsm8k.py end to end: the real script under torchrun (2 ranks, CPU, real vLLM), the shipped tiny model."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from tests.run_utils import ROOT, run_script
-from tests.test_grpo_e2e import documented_keys, is_documented, read_metrics
+from tests.test_grpo_e2e import console_lines, documented_keys, is_documented, read_metrics
 
 MODEL = ROOT / "tiny_models" / "gsm8k"
 SMALL = ["--preset", "tiny", "--train-size", "256", "--test-size", "16", "--prompts-per-step", "8", "--samples-per-prompt", "4",
@@ -25,7 +26,8 @@ EXPECTED_KEYS = {
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
-    run_script(["ppo_gsm8k.py", *SMALL, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"], nproc=2)
+    proc = run_script(["ppo_gsm8k.py", *SMALL, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"], nproc=2)
+    (out / "console.txt").write_text(proc.stdout + proc.stderr)
     return out / "a"
 
 
@@ -41,6 +43,14 @@ def test_ppo_runs_and_logs(first_run):
     assert {"eval/accuracy", "eval/pass_at_k"} <= set(rows[0]) and rows[0]["eval/pass_at_k"] >= rows[0]["eval/accuracy"]
     undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
     assert not undocumented, f"metrics without a line in the README's glossary: {undocumented}"
+
+
+@pytest.mark.e2e
+def test_ppo_console_is_quiet(first_run):
+    output = (first_run.parent / "console.txt").read_text()
+    ours = re.compile(r"^(PPO:|step +\d+ \||held-out accuracy )")  # the progress bar, the per-step line, the summary
+    noise = [line for line in console_lines(output) if not ours.match(line)]
+    assert not noise and "WARNING" not in output, "library messages on the console:\n" + "\n".join(noise[:20])
 
 
 @pytest.mark.e2e
