@@ -7,7 +7,7 @@ vLLM, torch and transformers each print routine start-up chatter (chunked prefil
 None of it asks the user to do anything, and it hides the numbers. Quiet mode (the default) silences it at the
 source: vLLM's own log level (read when vLLM is imported: `common.vllm_engine` imports it lazily, after this
 call), transformers' verbosity and progress bars, Python warning filters for deprecations, and, for the few
-native lines printed by C++ while the vLLM engine starts, `native_stderr_filter` in `common.vllm_engine`.
+native lines printed by C++ while the vLLM engine starts, `native_stderr_filter` (used by `common.vllm_engine`).
 Errors still show: vLLM's and transformers' ERROR level, exceptions and their tracebacks, our `error:` lines.
 `--verbose` leaves every library at its own defaults (then VLLM_LOGGING_LEVEL, TRANSFORMERS_VERBOSITY, ... apply).
 """
@@ -42,7 +42,7 @@ def quiet_console(verbose: bool) -> bool:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*(TypedStorage is deprecated|`torch_dtype` is deprecated)")
     try:
-        from transformers.utils import logging as hf_logging  # cheap: transformers' top level is lazy
+        from transformers.utils import logging as hf_logging  # after the checks: the scripts load transformers next
     except ImportError:
         return True
     hf_logging.set_verbosity_error()
