@@ -25,6 +25,7 @@ Launch:
     torchrun --nproc_per_node 8 grpo_countdown.py                       # Qwen2.5-3B, 8 GPUs
     torchrun --nproc_per_node 2 grpo_countdown.py --preset tiny         # the shipped tiny model, 2 CPU processes
     python grpo_countdown.py --preset tiny --num-steps 3                # one process
+    python grpo_countdown.py --preset tiny --eval-only runs/grpo_countdown/step_000080  # evaluate a checkpoint
 """
 
 from __future__ import annotations
@@ -40,17 +41,18 @@ from typing import Literal
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
-from common.config import ConfigError, check_model_source, exact_div, parse_args
+from common.config import (ConfigError, check_model_source, check_ranges, check_resume, exact_div, parse_args,
+                           policy_dir)
+from common.console import quiet_console
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
-from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
+from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_policy,
-                          logprobs_in_micro_batches, pad_batch, select_rows)
+                          load_tokenizer, logprobs_in_micro_batches, pad_batch, select_rows)
 from common.tasks import countdown_key, make_countdown_problems
 from common.vllm_engine import ColocatedVLLM
-from rewards.countdown import COUNTDOWN_REASONS as REASONS, grade_countdown
+from rewards.countdown import COUNTDOWN_REASONS, grade_countdown
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Args:
     """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
     wandb_project: str = "r1-clean"
     """wandb project name"""
+    verbose: bool = False
+    """also show vLLM's, torch's and transformers' own messages (routine warnings are silenced by default)"""
     # ---- model
     model: str = "Qwen/Qwen2.5-3B"
     """policy to train: a local Hugging Face directory or a hub id"""
@@ -171,6 +175,8 @@ class Args:
     max_nonfinite_skips: int = 10
     """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
     skips in a row the run stops with an error (0: never stop)"""
+    eval_only: str | None = None
+    """evaluate a checkpoint folder (its `policy/`) or a model directory on the held-out set, write eval_samples.jsonl, stop"""
     # ---- vLLM
     vllm_gpu_memory_utilization: float = 0.35
     """fraction of GPU memory for vLLM's weights and KV cache while awake"""
@@ -191,10 +197,39 @@ PRESETS = {
                  synthetic_max_number=20, synthetic_max_target=50, train_size=20_000, test_size=200,
                  num_steps=80, prompts_per_step=64, samples_per_prompt=8, max_response_tokens=48,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=2e-4, lr_schedule="cosine", warmup_steps=10,
-                 kl_coef=0.0, eval_every=20,
+                 kl_coef=0.0, eval_every=10,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
 }
 
+
+def check_args(args: Args) -> None:
+    """Every setting whose range matters, checked right after parsing, before anything loads: a bad one ends the run
+    with one `error:` line naming its flag. To check a new field, add its name to a rule (see common.config)."""
+    check_ranges(args,
+                 positive=("num_steps", "prompts_per_step", "samples_per_prompt", "temperature", "max_prompt_tokens",
+                           "max_response_tokens", "mini_batch_size", "micro_batch_size", "epochs_per_rollout",
+                           "learning_rate", "max_grad_norm", "clip_ratio", "logprob_token_budget", "train_size",
+                           "test_size", "synthetic_max_number", "synthetic_max_target", "eval_every",
+                           "eval_samples_per_prompt", "vllm_tensor_parallel_size", "vllm_cpu_kv_cache_gb", "is_cap",
+                           "clip_ratio_high", "sync_probe_bound"),
+                 non_negative=("seed", "warmup_steps", "weight_decay", "kl_coef", "eval_temperature",
+                               "eval_samples_logged", "save_every", "synthetic_test_seed", "is_mask_lower",
+                               "max_nonfinite_skips", "sync_probe_sequences"),
+                 probability=("top_p", "eval_top_p", "vllm_gpu_memory_utilization"))
+    if args.samples_per_prompt < 2:  # one sample is its own group mean: every advantage would be 0
+        raise ConfigError(f"--samples-per-prompt {args.samples_per_prompt}: GRPO compares the samples of a prompt, use >= 2")
+    if not args.synthetic_num_numbers or min(args.synthetic_num_numbers) < 2:
+        raise ConfigError(f"--synthetic-num-numbers {args.synthetic_num_numbers}: a Countdown problem needs >= 2 numbers")
+    check_resume(args.resume)
+    if args.eval_only is not None:
+        policy_dir(args.eval_only)
+        if args.resume is not None:
+            raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task: data, prompt, reward (the three things to change when forking this script for another task)
+# ---------------------------------------------------------------------------------------------------------------
 R1_TEMPLATE = (  # TinyZero's base-model prompt: https://github.com/Jiayi-Pan/TinyZero/blob/main/examples/data_preprocess/countdown.py
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
     "first thinks about the reasoning process in the mind and then provides the user with the answer.\n"
@@ -204,11 +239,9 @@ QUESTION = ("Using the numbers {numbers}, create an equation that equals {target
             "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
             "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.")
 STOP = ["</answer>"]
+REASONS = COUNTDOWN_REASONS  # every reason `grade` returns: one `reward/reason_<r>` metric each
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Task: data, prompt, reward (the three things to change when forking this script for another task)
-# ---------------------------------------------------------------------------------------------------------------
 def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
     """(train, test) lists of {"nums": [...], "target": int}."""
     if not args.synthetic:
@@ -250,6 +283,9 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
     return g.reward, g.reason
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Data order and evaluation (the same for every task)
+# ---------------------------------------------------------------------------------------------------------------
 def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
     """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
     so a resumed run continues exactly where the first one stopped.
@@ -264,6 +300,25 @@ def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int
             permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
         out.append(int(permutations[epoch][i]))
     return out
+
+
+def evaluate_held_out(engine: ColocatedVLLM, problems: list[dict], prompt_ids: list[list[int]], args: Args, step: int,
+                      device: torch.device) -> tuple[dict[str, float], list[dict]]:
+    """Sample `--eval-samples-per-prompt` completions for each of this rank's held-out problems and grade them.
+    Returns the `eval/` metrics over all ranks (a collective) and this rank's samples, k rows per problem, in order.
+    A grader's reason `no_answer` counts as unreadable in `eval/format_rate`."""
+    k = args.eval_samples_per_prompt
+    groups = engine.generate(prompt_ids, n=k, temperature=args.eval_temperature, top_p=args.eval_top_p,
+                             max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step, stream="eval")
+    grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
+    flat = [r for gr in grades for r in gr]
+    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
+                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
+                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
+                          "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, device)
+    rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
+            for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
+    return stats, rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,6 +416,10 @@ def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float,
 def main() -> None:
     args = parse_args(Args, PRESETS)
     # ---- check every setting before any model loads
+    check_args(args)
+    if args.eval_only is not None:  # derived: the model under evaluation
+        args.model = policy_dir(args.eval_only)
+    quiet_console(args.verbose)
     dist = init_distributed()
     world = dist.world_size
     local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
@@ -373,7 +432,7 @@ def main() -> None:
     check_model_source(args.model)
     run_dir = Path(args.out_dir) / args.exp_name
     seed_everything(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set, test_set = load_problems(args)
     if len(test_set) == 0:
@@ -387,6 +446,18 @@ def main() -> None:
     if longest > args.max_prompt_tokens:
         which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
         raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
+
+    # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
+    if args.eval_only is not None:
+        engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                               tensor_parallel_size=args.vllm_tensor_parallel_size,
+                               gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                               cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, 0, dist.device)
+        write_eval_report(run_dir / "eval_samples.jsonl", args.model, stats, rows, args.eval_samples_per_prompt)
+        engine.shutdown()
+        shutdown_distributed()
+        return
 
     # ---- models: policy (trained), reference (frozen, for the KL term), one vLLM engine per rank
     on_gpu = dist.device.type == "cuda"
@@ -416,20 +487,8 @@ def main() -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
-        mine = test_set[dist.rank:: world]
-        k = args.eval_samples_per_prompt
-        groups = engine.generate(test_prompt_ids, n=k,
-                                 temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
-                                 stop=STOP, seed=args.seed, step=step, stream="eval")
-        grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
-        flat = [r for gr in grades for r in gr]
-        stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
-                              "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
-                              "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                              "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
-        logger.log_samples([{"problem": json.dumps(p),
-                             "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
-                            for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
+        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, step, dist.device)
+        logger.log_samples(rows[:: args.eval_samples_per_prompt][: args.eval_samples_logged], step)  # 1 per problem
         eval_history.append((step, stats["eval/accuracy"]))
         return stats
 
@@ -585,7 +644,7 @@ def main() -> None:
     first_step, first_acc = eval_history[0]
     print0(f"held-out accuracy {100 * first_acc:.1f}% (step {first_step}) -> {100 * final['eval/accuracy']:.1f}% "
            f"(step {args.num_steps}) in {(time.time() - started) / 60:.1f} min; outputs in {run_dir}")
-    logger.finish(plot_keys=("reward/mean", "eval/accuracy"))
+    logger.finish()
     engine.shutdown()
     del policy, reference, optimizer, scheduler, trained
     shutdown_distributed()

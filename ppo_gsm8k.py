@@ -24,6 +24,7 @@ Launch:
     torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
     torchrun --nproc_per_node 2 ppo_gsm8k.py --preset tiny              # the shipped tiny model, 2 CPU processes
     python ppo_gsm8k.py --preset tiny --num-steps 3                     # one process
+    python ppo_gsm8k.py --preset tiny --eval-only runs/ppo_gsm8k/step_000060       # evaluate a checkpoint
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ from typing import Literal
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
-from common.config import ConfigError, check_model_source, exact_div, parse_args
+from common.config import (ConfigError, check_model_source, check_ranges, check_resume, exact_div, parse_args,
+                           policy_dir)
+from common.console import quiet_console
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
-from common.metrics import PhaseTimer, RunLogger, peak_memory_gb
+from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
-                          logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
+                          load_tokenizer, logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
 from common.vllm_engine import ColocatedVLLM
 from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference
 
@@ -67,6 +69,8 @@ class Args:
     """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
     wandb_project: str = "r1-clean"
     """wandb project name"""
+    verbose: bool = False
+    """also show vLLM's, torch's and transformers' own messages (routine warnings are silenced by default)"""
     # ---- model
     model: str = "lkevinzc/rho-1b-sft-GSM8K"
     """policy to train (and the critic's initial backbone): a local Hugging Face directory or a hub id"""
@@ -180,6 +184,8 @@ class Args:
     max_nonfinite_skips: int = 10
     """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
     skips in a row the run stops with an error (0: never stop)"""
+    eval_only: str | None = None
+    """evaluate a checkpoint folder (its `policy/`) or a model directory on the held-out set, write eval_samples.jsonl, stop"""
     # ---- vLLM
     vllm_gpu_memory_utilization: float = 0.35
     """fraction of GPU memory for vLLM's weights and KV cache while awake"""
@@ -199,18 +205,40 @@ PRESETS = {
     "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True,
                  num_steps=60, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_prompt_tokens=256, max_response_tokens=64,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=5e-5, critic_learning_rate=1e-3,
-                 critic_warmup_steps=5, kl_coef=0.0, eval_every=20, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
+                 critic_warmup_steps=5, kl_coef=0.0, eval_every=10, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
                  save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
 }
 
-BASE_TEMPLATE = "Question: {question}\nAnswer:"
-STOP = ["\n\nQuestion", "\n\nProblem"]  # oat's stop strings: an SFT model goes on to invent the next question
-REASONS = ("correct", "no_answer", "wrong_value")
+
+def check_args(args: Args) -> None:
+    """Every setting whose range matters, checked right after parsing, before anything loads: a bad one ends the run
+    with one `error:` line naming its flag. To check a new field, add its name to a rule (see common.config)."""
+    check_ranges(args,
+                 positive=("data_passes", "prompts_per_step", "samples_per_prompt", "temperature", "max_prompt_tokens",
+                           "max_response_tokens", "mini_batch_size", "micro_batch_size", "epochs_per_rollout",
+                           "learning_rate", "critic_learning_rate", "max_grad_norm", "clip_ratio", "value_clip",
+                           "logprob_token_budget", "eval_every", "eval_samples_per_prompt", "vllm_tensor_parallel_size",
+                           "vllm_cpu_kv_cache_gb", "is_cap", "clip_ratio_high", "sync_probe_bound"),
+                 non_negative=("seed", "num_steps", "train_size", "test_size", "critic_warmup_steps", "warmup_steps",
+                               "weight_decay", "kl_coef", "kl_penalty_coef", "eval_temperature", "eval_samples_logged",
+                               "save_every", "is_mask_lower", "max_nonfinite_skips", "sync_probe_sequences"),
+                 unit_interval=("gamma", "gae_lambda"),
+                 probability=("top_p", "eval_top_p", "vllm_gpu_memory_utilization"))
+    check_resume(args.resume)
+    if args.eval_only is not None:
+        policy_dir(args.eval_only)
+        if args.resume is not None:
+            raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Task: data, prompt, reward (the three things to change when forking this script for another task)
 # ---------------------------------------------------------------------------------------------------------------
+BASE_TEMPLATE = "Question: {question}\nAnswer:"
+STOP = ["\n\nQuestion", "\n\nProblem"]  # oat's stop strings: an SFT model goes on to invent the next question
+REASONS = ("correct", "no_answer", "wrong_value")
+
+
 def load_problems(args: Args) -> tuple[list[dict], list[dict]]:
     """(train, test) lists of {"question": str, "answer": reference number as a string}."""
     splits = None
@@ -254,6 +282,9 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
     return (1.0, "correct") if gsm8k_reward(text, problem["answer"]) == 1.0 else (0.0, "wrong_value")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Data order and evaluation (the same for every task)
+# ---------------------------------------------------------------------------------------------------------------
 def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
     """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
     so a resumed run continues exactly where the first one stopped.
@@ -268,6 +299,25 @@ def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int
             permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
         out.append(int(permutations[epoch][i]))
     return out
+
+
+def evaluate_held_out(engine: ColocatedVLLM, problems: list[dict], prompt_ids: list[list[int]], args: Args, step: int,
+                      device: torch.device) -> tuple[dict[str, float], list[dict]]:
+    """Sample `--eval-samples-per-prompt` completions for each of this rank's held-out problems and grade them.
+    Returns the `eval/` metrics over all ranks (a collective) and this rank's samples, k rows per problem, in order.
+    A grader's reason `no_answer` counts as unreadable in `eval/format_rate`."""
+    k = args.eval_samples_per_prompt
+    groups = engine.generate(prompt_ids, n=k, temperature=args.eval_temperature, top_p=args.eval_top_p,
+                             max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step, stream="eval")
+    grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
+    flat = [r for gr in grades for r in gr]
+    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
+                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
+                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
+                          "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, device)
+    rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
+            for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
+    return stats, rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,6 +414,10 @@ def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float,
 def main() -> None:
     args = parse_args(Args, PRESETS)
     # ---- check every setting before any model loads
+    check_args(args)
+    if args.eval_only is not None:  # derived: the model under evaluation
+        args.model = policy_dir(args.eval_only)
+    quiet_console(args.verbose)
     dist = init_distributed()
     world = dist.world_size
     local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
@@ -376,7 +430,7 @@ def main() -> None:
     check_model_source(args.model)
     run_dir = Path(args.out_dir) / args.exp_name
     seed_everything(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set, test_set = load_problems(args)
     if len(test_set) == 0:
@@ -392,6 +446,18 @@ def main() -> None:
     if longest > args.max_prompt_tokens:
         which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
         raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
+
+    # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
+    if args.eval_only is not None:
+        engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                               tensor_parallel_size=args.vllm_tensor_parallel_size,
+                               gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                               cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, 0, dist.device)
+        write_eval_report(run_dir / "eval_samples.jsonl", args.model, stats, rows, args.eval_samples_per_prompt)
+        engine.shutdown()
+        shutdown_distributed()
+        return
 
     # ---- models: policy and critic (trained), reference (frozen, for the KL terms), one vLLM engine per rank
     on_gpu = dist.device.type == "cuda"
@@ -425,20 +491,8 @@ def main() -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
-        mine = test_set[dist.rank:: world]
-        k = args.eval_samples_per_prompt
-        groups = engine.generate(test_prompt_ids, n=k,
-                                 temperature=args.eval_temperature, top_p=args.eval_top_p, max_tokens=args.max_response_tokens,
-                                 stop=STOP, seed=args.seed, step=step, stream="eval")
-        grades = [[grade(c.text, p) for c in g] for p, g in zip(mine, groups)]
-        flat = [r for gr in grades for r in gr]
-        stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
-                              "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
-                              "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                              "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, dist.device)
-        logger.log_samples([{"problem": json.dumps(p),
-                             "completion": g[0].text, "reward": gr[0][0], "reason": gr[0][1]}
-                            for p, g, gr in list(zip(mine, groups, grades))[: args.eval_samples_logged]], step)
+        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, step, dist.device)
+        logger.log_samples(rows[:: args.eval_samples_per_prompt][: args.eval_samples_logged], step)  # 1 per problem
         eval_history.append((step, stats["eval/accuracy"]))
         return stats
 
@@ -609,7 +663,7 @@ def main() -> None:
     first_step, first_acc = eval_history[0]
     print0(f"held-out accuracy {100 * first_acc:.1f}% (step {first_step}) -> {100 * final['eval/accuracy']:.1f}% "
            f"(step {args.num_steps}) in {(time.time() - started) / 60:.1f} min; outputs in {run_dir}")
-    logger.finish(plot_keys=("reward/mean", "eval/accuracy"))
+    logger.finish()
     engine.shutdown()
     del policy, critic, reference, optimizer, critic_optimizer, scheduler, critic_scheduler, trained
     shutdown_distributed()

@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
 
 from common.dist import DistInfo
+
+# torch.distributed.checkpoint is imported inside the functions: it takes ~1 s, and `--help` should not wait for it.
 
 
 def _rng_state() -> dict:
@@ -50,6 +49,8 @@ def _set_rng_state(state: dict) -> None:
 def save_hf(model: torch.nn.Module, path: Path, dist_info: DistInfo, tokenizer=None) -> None:
     """Gather the full weights to rank 0's CPU memory and write them in Hugging Face format (collective).
     `model` wraps a Hugging Face model as `model.lm` (see common.model); the `lm.` prefix is dropped."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist_info.is_main:
         model.lm.save_pretrained(path, state_dict={k.removeprefix("lm."): v for k, v in full.items()})
@@ -61,6 +62,9 @@ def save_hf(model: torch.nn.Module, path: Path, dist_info: DistInfo, tokenizer=N
 def save_checkpoint(path: Path, dist_info: DistInfo, *, models: dict, optimizers: dict, schedulers: dict,
                     state: dict, tokenizer=None) -> None:
     """Write a complete checkpoint at `path` (collective: every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if dist_info.is_main:
@@ -87,6 +91,9 @@ def save_checkpoint(path: Path, dist_info: DistInfo, *, models: dict, optimizers
 
 def load_checkpoint(path: Path, dist_info: DistInfo, *, models: dict, optimizers: dict, schedulers: dict) -> dict:
     """Restore models, optimizers, schedulers and this rank's RNG from `path`; return the script's saved state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     path = Path(path)
     if not (path / "trainer_state.pt").is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.pt): pass a step_XXXXXX folder")

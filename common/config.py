@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TypeVar
 
 import tyro
@@ -32,6 +33,60 @@ def parse_args(args_type: type[T], presets: dict[str, T]) -> T:
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
     return tyro.cli(args_type, default=presets[name], args=argv)
+
+
+def flag(field: str) -> str:
+    """The command-line spelling of an `Args` field: `flag("top_p") == "--top-p"`."""
+    return "--" + field.replace("_", "-")
+
+
+# name -> (holds, what a good value is): the rules `check_ranges` applies, one line each
+RANGE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "positive": (lambda v: v > 0, "must be > 0"),
+    "non_negative": (lambda v: v >= 0, "must be >= 0"),
+    "probability": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "unit_interval": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+}
+
+
+def check_ranges(args, **fields_by_rule: tuple[str, ...]) -> None:
+    """Check `Args` fields against the rules of `RANGE_RULES`, raising one `error:` line that names the flag.
+    A tuple field is checked element by element; an optional field left at None is not checked.
+
+    check_ranges(args, positive=("num_steps", "temperature"), probability=("top_p",))
+    with args.top_p = 1.5  ->  error: --top-p 1.5: must be in (0, 1]
+    """
+    for rule, fields in fields_by_rule.items():
+        holds, requirement = RANGE_RULES[rule]
+        for field in fields:
+            value = getattr(args, field)
+            if value is not None and not all(holds(v) for v in (value if isinstance(value, tuple) else (value,))):
+                raise ConfigError(f"{flag(field)} {value}: {requirement}")
+
+
+def check_resume(path: str | None) -> None:
+    """`--resume` names a complete checkpoint (one with trainer_state.pt), or is `auto`, or is unset."""
+    if path is None or path == "auto":
+        return
+    if not os.path.isdir(path):
+        raise ConfigError(f"--resume {path}: no such folder; pass a checkpoint folder <out_dir>/<exp_name>/step_XXXXXX")
+    if not os.path.isfile(os.path.join(path, "trainer_state.pt")):
+        raise ConfigError(f"--resume {path}: not a complete checkpoint (no trainer_state.pt); "
+                          "pass a checkpoint folder <out_dir>/<exp_name>/step_XXXXXX")
+
+
+def policy_dir(path: str, flag_name: str = "--eval-only") -> str:
+    """The model directory to evaluate: a checkpoint folder's `policy/`, or a Hugging Face model directory itself.
+
+    policy_dir("runs/x/step_000080") == "runs/x/step_000080/policy";  policy_dir("tiny_models/countdown") unchanged.
+    """
+    if not os.path.isdir(path):
+        raise ConfigError(f"{flag_name} {path}: no such folder; pass a checkpoint folder (step_XXXXXX) or a model directory")
+    for candidate in (os.path.join(path, "policy"), path):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    raise ConfigError(f"{flag_name} {path}: not a model (no config.json, nor policy/config.json); "
+                      "pass a checkpoint folder (step_XXXXXX) or a Hugging Face model directory")
 
 
 def exact_div(a: int, b: int, what: str) -> int:

@@ -111,6 +111,15 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def gather_to_main(items: list) -> list:
+    """Every rank's list, concatenated in rank order, on rank 0; other ranks get []. Collective (objects are pickled)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(items)
+    lists = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(items, lists, dst=0)
+    return [x for part in lists for x in part] if lists is not None else []
+
+
 def shutdown_distributed() -> None:
     """Destroy the process group. Delete the vLLM engine and the FSDP model(s) first: with them still
     alive, gloo aborted at exit in about 1 run in 6 ('terminate called without an active exception'), and

@@ -22,6 +22,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.dist import gather_to_main, print0
+
+# The panels of metrics.png: (title, keys on the left y axis, keys on a right y axis: for another scale)
+PLOT_PANELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("training reward", ("reward/mean", "reward/accuracy"), ()),
+    ("held-out accuracy", ("eval/accuracy",), ()),
+    ("response length (tokens)", ("rollout/response_len_mean",), ()),
+    ("entropy and KL", ("train/entropy",), ("train/kl",)),
+    ("seconds per step", ("time/step_s",), ()),
+)
+
 
 class PhaseTimer:
     """Wall-clock seconds per phase, accumulated until `pop()`. Synchronises CUDA so GPU work is counted."""
@@ -102,13 +113,13 @@ class RunLogger:
             cols = list(rows[0])
             self.wandb.log({"samples": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])}, step=step)
 
-    def finish(self, plot_keys: tuple[str, ...] = ()) -> None:
+    def finish(self, plot_panels=PLOT_PANELS) -> None:
         if not self.enabled:
             return
         self.metrics_file.close()
         self.samples_file.close()
-        if plot_keys:
-            plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "metrics.png", plot_keys)
+        if plot_panels:
+            plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "metrics.png", plot_panels)
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -122,22 +133,43 @@ def _reopen(path: Path, keep_before: int):
     return f
 
 
-def plot_metrics(jsonl: Path, png: Path, keys: tuple[str, ...]) -> None:
-    """One panel per key against step, from a metrics.jsonl file."""
+def plot_metrics(jsonl: Path, png: Path, panels=PLOT_PANELS) -> None:
+    """One panel per entry of `panels` (see `PLOT_PANELS`), against step, from a metrics.jsonl file. Held-out
+    (`eval/`) values exist only at evaluation steps: they are drawn as marked points joined by a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        points = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
-        ax.set_title(key)
-        ax.set_xlabel("step")
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    colors = iter(f"C{i}" for i in range(100))
+    for ax, (title, left, right) in zip(axes[0], panels):
+        for keys, axis in ((left, ax), (right, ax.twinx() if right else None)):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+                marked = key.startswith("eval/") or len(points) < 3
+                axis.plot(*zip(*points) if points else ([], []), color=next(colors), label=key + (" (right)" if axis is not ax else ""),
+                          marker="o" if marked else None, markersize=4, linewidth=1.2)
+                axis.tick_params(labelsize=8)
+        handles = [h for a in fig.axes if a is ax or a.get_shared_x_axes().joined(a, ax) for h in a.get_lines()]
+        ax.legend(handles=handles, fontsize=7, loc="best")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=80)
     plt.close(fig)
+
+
+def write_eval_report(path: Path, model: str, stats: dict[str, float], rows: list[dict], k: int) -> None:
+    """`--eval-only`'s output: every rank's samples gathered into one JSONL file on rank 0 (collective), and one
+    summary line on the console: accuracy, pass@k and format rate over the held-out set."""
+    rows = gather_to_main(rows)
+    if not rows:
+        return  # not rank 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    print0(f"{model}: held-out accuracy {100 * stats['eval/accuracy']:.1f}% | pass@{k} {100 * stats['eval/pass_at_k']:.1f}% | "
+           f"format rate {100 * stats['eval/format_rate']:.1f}% ({len(rows) // k} problems x {k} samples); samples in {path}")

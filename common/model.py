@@ -22,12 +22,11 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Shard
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from common.dist import DistInfo, all_reduce_max
+
+# transformers and torch's FSDP/DTensor modules are imported inside the functions that use them: together they
+# take seconds, and `--help` and bad settings answer before that.
 
 LOGPROB_CHUNK_TOKENS = 512  # rows per output-head chunk: (512, 151936) float32 logits = 0.3 GB, not the 2.5 GB of (4, 1024, V)
 
@@ -158,6 +157,9 @@ def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, 
     bf16: compute in bfloat16 with float32 master weights and float32 gradient reduction.
     cpu_offload: keep the shards in CPU memory between uses (for a frozen reference model on GPU).
     """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
@@ -189,6 +191,8 @@ def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInf
     Weights the checkpoint lacks (a critic's new head) are thus initialised once, on rank 0: every rank starts from
     the same model. Buffers (rotary tables, computed in `__init__`, not sharded by FSDP2) are broadcast.
     """
+    from torch.distributed.tensor import DTensor, Shard
+
     full = dict(model.named_parameters()) if dist_info.is_main else {}  # rank 0's full tensors, until scattered
     fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
     if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the scatter fills them
@@ -219,6 +223,8 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     Only rank 0 reads the float32 weights; the other ranks get their shards from it (`shard_from_rank0`).
     trainable=False gives a frozen model in eval mode (the reference policy for the KL term).
     """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     lm = load_on_rank0(AutoModelForCausalLM, name_or_path, AutoConfig.from_pretrained(name_or_path), dist_info)
     lm.config.use_cache = False
     if activation_checkpointing and trainable:
@@ -229,10 +235,19 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a local Hugging Face directory or hub id (`AutoTokenizer`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
 def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
     """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
     init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2.
     Read on rank 0 only, like the policy; the new head is initialised there and scattered with the rest."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
     config = AutoConfig.from_pretrained(name_or_path, num_labels=1)
     config.classifier_dropout = 0.0  # Hugging Face's default is 0.1: values must not be noisy
     lm = load_on_rank0(AutoModelForTokenClassification, name_or_path, config, dist_info)
@@ -282,6 +297,8 @@ def build_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int, m
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm (over all shards) and return it, before clipping, as a float."""
+    from torch.distributed.tensor import DTensor
+
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 

@@ -29,10 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
 
+from common.console import is_quiet, native_stderr_filter
 from common.dist import DistInfo, sampling_seed
 from common.model import logprobs_in_micro_batches, pad_batch
 
@@ -47,6 +45,9 @@ class WeightSyncError(SystemExit):
 # AdamW step stale 1.7, wiped weights ~8 (a level-2 wake without a push generates from undefined memory). Rare tokens
 # can differ by more than 1 in bf16 on long sequences, so the bound stays generous until GPU figures say otherwise.
 PROBE_BOUND = {"float32": 1e-3, "bfloat16": 2.0}
+
+# vLLM (and DTensor) are imported inside the methods, not here: importing vLLM takes seconds (`--help` and bad
+# settings answer before that), and it reads its log level (set by `common.console.quiet_console`) when imported.
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,10 @@ class ColocatedVLLM:
         # weights are cast to vLLM's dtype before the sync's all-gather: in bf16 that moves half the bytes, and
         # rounds exactly as vLLM's own float32 -> bf16 copy would (bench_weight_sync.py); float32 stays as it is
         self.sync_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-        self.llm = LLM(
+        from vllm import LLM
+
+        # quiet mode drops torch's C++ NUMA notice printed while the CPU worker starts (see common.console)
+        self.llm = native_stderr_filter()(LLM)(
             model=model, tokenizer=tokenizer or model, seed=seed,
             dtype=dtype,
             max_model_len=max_model_len,
@@ -96,6 +100,7 @@ class ColocatedVLLM:
             # trainer recomputes with logits / T. With top_p < 1 they also include top-p's renormalisation.
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization,
+            use_tqdm_on_load=not is_quiet(),
             **cpu_only,
         )
         self.dist_info = dist_info
@@ -138,6 +143,8 @@ class ColocatedVLLM:
         Tied embeddings: the shared tensor appears once, as `model.embed_tokens.weight`; vLLM's output head
         kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, FACTS.md).
         """
+        from torch.distributed.tensor import DTensor
+
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
@@ -163,6 +170,9 @@ class ColocatedVLLM:
         request, child) (`common.dist.sampling_seed`): ranks, prompts, children and the rollout / eval / probe
         calls of a step never share one, and the same (seed, step) reproduces the same samples.
         """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
         local = prompts
         prompts, offset = self._gather_group(local)
         group_rank = self.dist_info.rank // self.tp

@@ -11,11 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
-def run_script(args: list[str], *, nproc: int | None = 2, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+def run_script(args: list[str], *, nproc: int | None = 2, timeout: int = 900, check: bool = True,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """nproc=None runs `python script ...`; otherwise `torchrun --standalone --nproc_per_node nproc script ...`."""
     launcher = [sys.executable] if nproc is None else [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "VLLM_LOGGING_LEVEL": "WARNING"}
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",  # the scripts quiet vLLM themselves (common.console)
+           **(extra_env or {})}
     proc = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     if check:

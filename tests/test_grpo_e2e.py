@@ -145,3 +145,49 @@ def test_grpo_dataset_without_named_fields(tmp_path):
                        "--test-size", "5", "--out-dir", str(tmp_path)], nproc=None, check=False, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "--numbers-field" in output and "error: " in output, output[-3000:]
+
+
+def console_lines(output: str) -> list[str]:
+    """The console as a person sees it: progress-bar redraws (\\r) and lines, without blanks."""
+    return [line.strip() for line in re.split(r"[\r\n]+", output) if line.strip()]
+
+
+@pytest.mark.e2e
+def test_grpo_console_is_quiet(first_run):
+    _, output = first_run
+    ours = re.compile(r"^(GRPO:|step +\d+ \||held-out accuracy )")  # the progress bar, the per-step line, the summary
+    noise = [line for line in console_lines(output) if not ours.match(line)]
+    assert not noise, "library messages on the console:\n" + "\n".join(noise[:20])
+    assert "WARNING" not in output and "Warning" not in output
+
+
+@pytest.mark.e2e
+def test_grpo_real_error_still_shows(tmp_path):
+    # a KV cache too small for one sequence: vLLM's own error (raised inside the quieted engine start-up) must surface
+    proc = run_script(["grpo_countdown.py", *SMALL, "--num-steps", "1", "--out-dir", str(tmp_path),
+                       "--vllm-cpu-kv-cache-gb", "0.000001"], nproc=None, check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" in output and "No available memory for the cache blocks" in output, output[-3000:]
+
+
+@pytest.mark.e2e
+def test_grpo_eval_only_of_a_checkpoint_under_torchrun(first_run, tmp_path):
+    run_dir, _ = first_run
+    proc = run_script(["grpo_countdown.py", *SMALL, "--eval-only", str(run_dir / "step_000003"), "--eval-samples-per-prompt", "3",
+                       "--eval-temperature", "1.0", "--out-dir", str(tmp_path), "--exp-name", "ev"], nproc=2, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert re.search(r"step_000003/policy: held-out accuracy [\d.]+% \| pass@3 [\d.]+% \| format rate [\d.]+% "
+                     r"\(16 problems x 3 samples\)", output), output[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 * 3, "every held-out problem of both ranks, k samples each"
+    assert {"problem", "completion", "reward", "reason"} <= set(rows[0])
+    assert len({r["problem"] for r in rows}) == 16
+    assert not (tmp_path / "ev" / "metrics.jsonl").exists(), "evaluation does not train"
+
+
+@pytest.mark.e2e
+def test_grpo_eval_only_of_a_model_directory_with_python(tmp_path):
+    proc = run_script(["grpo_countdown.py", *SMALL, "--eval-only", str(MODEL), "--out-dir", str(tmp_path), "--exp-name", "ev"],
+                      nproc=None, timeout=600)
+    assert "pass@1" in proc.stdout + proc.stderr
+    assert len((tmp_path / "ev" / "eval_samples.jsonl").read_text().splitlines()) == 16

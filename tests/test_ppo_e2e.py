@@ -1,6 +1,7 @@
 """ppo_gsm8k.py end to end: the real script under torchrun (2 ranks, CPU, real vLLM), the shipped tiny model."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from tests.run_utils import ROOT, run_script
-from tests.test_grpo_e2e import documented_keys, is_documented, read_metrics
+from tests.test_grpo_e2e import console_lines, documented_keys, is_documented, read_metrics
 
 MODEL = ROOT / "tiny_models" / "gsm8k"
 SMALL = ["--preset", "tiny", "--train-size", "256", "--test-size", "16", "--prompts-per-step", "8", "--samples-per-prompt", "4",
@@ -26,7 +27,8 @@ EXPECTED_KEYS = {
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
-    run_script(["ppo_gsm8k.py", *SMALL, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"], nproc=2)
+    proc = run_script(["ppo_gsm8k.py", *SMALL, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"], nproc=2)
+    (out / "console.txt").write_text(proc.stdout + proc.stderr)
     return out / "a"
 
 
@@ -58,6 +60,14 @@ def test_ppo_token_tis_clip_higher_gspo_run(tmp_path):
 
 
 @pytest.mark.e2e
+def test_ppo_console_is_quiet(first_run):
+    output = (first_run.parent / "console.txt").read_text()
+    ours = re.compile(r"^(PPO:|step +\d+ \||held-out accuracy )")  # the progress bar, the per-step line, the summary
+    noise = [line for line in console_lines(output) if not ours.match(line)]
+    assert not noise and "WARNING" not in output, "library messages on the console:\n" + "\n".join(noise[:20])
+
+
+@pytest.mark.e2e
 def test_ppo_checkpoint_has_both_models_and_both_changed(first_run):
     ckpt = first_run / "step_000003"
     initial = load_file(MODEL / "model.safetensors")
@@ -78,3 +88,11 @@ def test_ppo_resume_continues(first_run, tmp_path):
     rows = read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows] == [3, 4]
     assert (tmp_path / "resumed" / "step_000004" / "critic" / "config.json").is_file()
+
+
+@pytest.mark.e2e
+def test_ppo_eval_only_of_a_model_directory(tmp_path):
+    proc = run_script(["ppo_gsm8k.py", *SMALL, "--eval-only", str(MODEL), "--out-dir", str(tmp_path), "--exp-name", "ev"],
+                      nproc=None, timeout=600)
+    assert "pass@2" in proc.stdout + proc.stderr
+    assert len((tmp_path / "ev" / "eval_samples.jsonl").read_text().splitlines()) == 16 * 2
