@@ -216,6 +216,9 @@ class ColocatedVLLM:
         renormalises. The trainer runs at temperature 1 too.
         """
         assert sequences and all(len(s) >= 2 for s in sequences), "probe_sync needs sequences of at least 2 tokens"
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
         mine, offset = self._gather_group(sequences)
         params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, prompt_logprobs=0,
                                 seed=sampling_seed(seed, step, self.dist_info.rank // self.tp, 0, stream="probe"))
