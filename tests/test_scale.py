@@ -52,6 +52,7 @@ def test_rank0_loading_nonfinite_guard_and_bf16_cast(tiny_models, tmp_path):
 def test_interrupted_save_is_never_resumed_from(tiny_models, tmp_path, monkeypatch):
     """A save killed before its rename leaves step_XXXXXX.tmp: `--resume auto` takes the checkpoint before it."""
     import torch.distributed as dist
+    import torch.distributed.checkpoint
 
     from common import checkpoint
     from common.dist import DistInfo
@@ -70,7 +71,7 @@ def test_interrupted_save_is_never_resumed_from(tiny_models, tmp_path, monkeypat
         def killed(*args, **kwargs):
             raise KeyboardInterrupt("killed mid-write")
 
-        monkeypatch.setattr(checkpoint.dcp, "save", killed)  # dies after the policy's HF export was written
+        monkeypatch.setattr(torch.distributed.checkpoint, "save", killed)  # dies after the policy's HF export was written
         with pytest.raises(KeyboardInterrupt):
             checkpoint.save_checkpoint(tmp_path / "step_000004", info, **trained, state={"step": 4})
         assert (tmp_path / "step_000004.tmp" / "policy" / "config.json").is_file() and not (tmp_path / "step_000004").exists()
