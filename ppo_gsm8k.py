@@ -224,6 +224,8 @@ def check_args(args: Args) -> None:
                                "save_every", "is_mask_lower", "max_nonfinite_skips", "sync_probe_sequences"),
                  unit_interval=("gamma", "gae_lambda"),
                  probability=("top_p", "eval_top_p", "vllm_gpu_memory_utilization"))
+    if args.is_mask_lower >= args.is_cap:
+        raise ConfigError(f"--is-mask-lower {args.is_mask_lower}: must be below --is-cap {args.is_cap}")
     check_resume(args.resume)
     if args.eval_only is not None:
         policy_dir(args.eval_only)
@@ -425,8 +427,6 @@ def main() -> None:
     num_mini = exact_div(rollout_size, args.mini_batch_size, "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
     local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
     exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
-    if not 0 <= args.is_mask_lower < args.is_cap:
-        raise ConfigError(f"--is-mask-lower {args.is_mask_lower} / --is-cap {args.is_cap}: need 0 <= lower < cap")
     check_model_source(args.model)
     run_dir = Path(args.out_dir) / args.exp_name
     seed_everything(args.seed)
@@ -447,12 +447,14 @@ def main() -> None:
         which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
         raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
 
+    make_engine = lambda: ColocatedVLLM(  # one vLLM engine per rank, colocated with its trainer shard
+        args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+        tensor_parallel_size=args.vllm_tensor_parallel_size, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+
     # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
     if args.eval_only is not None:
-        engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
-                               tensor_parallel_size=args.vllm_tensor_parallel_size,
-                               gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                               cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+        engine = make_engine()
         stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, 0, dist.device)
         write_eval_report(run_dir / "eval_samples.jsonl", args.model, stats, rows, args.eval_samples_per_prompt)
         engine.shutdown()
@@ -470,10 +472,7 @@ def main() -> None:
     total_updates = args.num_steps * args.epochs_per_rollout * num_mini
     scheduler = build_scheduler(optimizer, args.lr_schedule, args.warmup_steps, total_updates)
     critic_scheduler = build_scheduler(critic_optimizer, args.lr_schedule, args.warmup_steps, total_updates)
-    engine = ColocatedVLLM(args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
-                           tensor_parallel_size=args.vllm_tensor_parallel_size,
-                           gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                           cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+    engine = make_engine()
     trained = dict(models={"policy": policy, "critic": critic}, optimizers={"policy": optimizer, "critic": critic_optimizer},
                    schedulers={"policy": scheduler, "critic": critic_scheduler})
     start_step = 0

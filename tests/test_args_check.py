@@ -27,7 +27,7 @@ BAD = [
         ["--weight-decay", "-0.1"], ["--kl-coef", "-1"], ["--eval-temperature", "-0.5"], ["--eval-samples-logged", "-1"],
         ["--save-every", "-5"], ["--top-p", "0"], ["--top-p", "1.5"], ["--eval-top-p", "2"],
         ["--vllm-gpu-memory-utilization", "0"], ["--resume", "/nonexistent"], ["--resume", "tiny_models"],
-        ["--eval-only", "/nonexistent"], ["--eval-only", "rewards"], ["--is-cap", "0"], ["--is-mask-lower", "-1"],
+        ["--eval-only", "/nonexistent"], ["--eval-only", "rewards"], ["--is-cap", "0"], ["--is-mask-lower", "-1"], ["--is-mask-lower", "5"],
         ["--clip-ratio-high", "-0.1"], ["--max-nonfinite-skips", "-1"], ["--sync-probe-sequences", "-1"],
         ["--sync-probe-bound", "0"]]],
     ("grpo", ["--num-steps", "-1"], "--num-steps"), ("grpo", ["--num-steps", "0"], "--num-steps"),
