@@ -554,7 +554,7 @@ def main() -> None:
                 for m in range(num_mini):
                     mini = sorted(order[m * local_mini: (m + 1) * local_mini], key=lambda i: -int(mask[i].sum()))  # less padding
                     # loss normaliser over the whole mini-batch on all ranks, so the gradient does not depend on
-                    # how the batch is split into micro-batches or ranks (DESIGN.md)
+                    # how the batch is split into micro-batches or ranks (docs/design.md)
                     if args.advantage == "grpo":
                         normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
                     else:  # Dr. GRPO: a constant, the same for every batch

@@ -123,7 +123,7 @@ def gather_to_main(items: list) -> list:
 def shutdown_distributed() -> None:
     """Destroy the process group. Delete the vLLM engine and the FSDP model(s) first: with them still
     alive, gloo aborted at exit in about 1 run in 6 ('terminate called without an active exception'), and
-    vLLM printed 'Invalid process group specified' (see FACTS.md)."""
+    vLLM printed 'Invalid process group specified' (seen on CPU with gloo)."""
     gc.collect()
     if dist.is_initialized():
         dist.barrier()

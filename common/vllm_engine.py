@@ -117,7 +117,7 @@ class ColocatedVLLM:
 
     # ---- memory choreography ------------------------------------------------------------------------
     def wake_and_sync(self, model: torch.nn.Module, named_params: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
-        """Steps 1-3 of DESIGN.md: wake the weights, push the trainer's weights, wake the KV cache."""
+        """Steps 1-3 of docs/design.md: wake the weights, push the trainer's weights, wake the KV cache."""
         if self.sleep_enabled:
             self.llm.wake_up(tags=["weights"])
         self.sync_weights(model, named_params)
@@ -141,7 +141,7 @@ class ColocatedVLLM:
         while vLLM consumes them lazily: at most one gathered tensor is alive at a time. When vLLM holds bf16
         (GPU default), each shard is cast to bf16 before its all-gather (`sync_dtype`).
         Tied embeddings: the shared tensor appears once, as `model.embed_tokens.weight`; vLLM's output head
-        kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, FACTS.md).
+        kept its old weights until `lm_head.weight` was also sent (logprob error 1.2 after one update, measured on CPU).
         """
         from torch.distributed.tensor import DTensor
 

@@ -12,7 +12,7 @@ alone, R1-zero's "format first" phase in miniature, then arithmetic to sharpen.
 - data/word_problems/{train,test}.jsonl: the word problems `ppo_gsm8k.py` trains and evaluates on in the CPU demo.
 
 Tokenizers are byte-level BPE with exactly Qwen2's normaliser, pre-tokeniser and decoder, because transformers 5
-(and vLLM through it) rebuilds a `Qwen2Tokenizer` from vocab + merges for any Qwen2 folder (FACTS.md): any other
+(and vLLM through it) rebuilds a `Qwen2Tokenizer` from vocab + merges for any Qwen2 folder: any other
 pipeline silently loses spaces and newlines on reload. Every built tokenizer is reloaded and round-trip checked.
 
     python scripts/build_tiny_models.py --seed 0                  # everything, ~20 min on one core

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# One thread per process: on 2 shared cores, torch's default thread count made timings swing 10-200x (FACTS.md)
+# One thread per process: on 2 shared cores, torch's default thread count made timings swing 10-200x
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

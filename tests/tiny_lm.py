@@ -2,7 +2,7 @@
 
 The tokenizer's vocabulary is printable ASCII plus newline, spelled in the byte-level alphabet that Qwen2's
 tokenizer uses (space is 'Ġ', newline 'Ċ'): transformers 5 loads `Qwen2Tokenizer` for any Qwen2 folder, and a
-naively saved character vocabulary then silently loses spaces and newlines (FACTS.md).
+naively saved character vocabulary then silently loses spaces and newlines.
 """
 
 from __future__ import annotations
