@@ -230,7 +230,8 @@ class ColocatedVLLM:
         batch = pad_batch([s[:1] for s in sequences], [s[1:] for s in sequences], pad_id=0)           # (B, L) each
         trainer_lp, _ = logprobs_in_micro_batches(model, batch, temperature=1.0, max_tokens=16384,
                                                   device=self.dist_info.device)                        # (B, L)
-        error = max(float((trainer_lp[i, 1: len(s)] - e).abs().max()) for i, (s, e) in enumerate(zip(sequences, engine_lp)))
+        gaps = torch.cat([trainer_lp[i, 1: len(s)] - e for i, (s, e) in enumerate(zip(sequences, engine_lp))])  # (N,)
+        error = float(gaps.abs().max())  # a NaN anywhere propagates (Python's max() would skip it)
         error = torch.tensor([error if math.isfinite(error) else math.inf], dtype=torch.float64, device=self.dist_info.device)
         dist.all_reduce(error, op=dist.ReduceOp.MAX)
         error = float(error.item())
