@@ -38,18 +38,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
-from common.config import (ConfigError, check_model_source, check_ranges, check_resume, exact_div, parse_args,
-                           policy_dir)
+from common.config import (ConfigError, check_model_source, check_prompt_lengths, check_ranges, check_resume, exact_div,
+                           parse_args, policy_dir)
 from common.console import quiet_console
 from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
 from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
                           load_tokenizer, logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
+from common.tasks import batch_indices
 from common.vllm_engine import ColocatedVLLM
 from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference
 
@@ -287,22 +287,6 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Data order and evaluation (the same for every task)
 # ---------------------------------------------------------------------------------------------------------------
-def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
-    """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
-    so a resumed run continues exactly where the first one stopped.
-
-    >>> batch_indices(0, 4, 10, seed=0) == batch_indices(0, 4, 10, seed=0)
-    True
-    """
-    out, permutations = [], {}
-    for k in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, i = divmod(k, num_problems)
-        if epoch not in permutations:
-            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
-        out.append(int(permutations[epoch][i]))
-    return out
-
-
 def evaluate_held_out(engine: ColocatedVLLM, problems: list[dict], prompt_ids: list[list[int]], args: Args, step: int,
                       device: torch.device) -> tuple[dict[str, float], list[dict]]:
     """Sample `--eval-samples-per-prompt` completions for each of this rank's held-out problems and grade them.
@@ -441,20 +425,11 @@ def main() -> None:
     test_prompt_ids = [encode(p) for p in test_set[dist.rank:: world]]  # this rank's share, tokenized once
     first_batch = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]
     checked = list(zip(test_prompt_ids, test_set[dist.rank:: world])) + [(encode(p), p) for p in first_batch[dist.rank:: world]]
-    ids, problem = max(checked, key=lambda c: len(c[0]))
-    longest = all_reduce_max(len(ids), dist.device)
-    if longest > args.max_prompt_tokens:
-        which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
-        raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {args.max_prompt_tokens}: raise it")
-
-    make_engine = lambda: ColocatedVLLM(  # one vLLM engine per rank, colocated with its trainer shard
-        args.model, dist, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
-        tensor_parallel_size=args.vllm_tensor_parallel_size, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-        cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+    check_prompt_lengths(checked, args.max_prompt_tokens, dist.device)  # one line naming the longest
 
     # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
     if args.eval_only is not None:
-        engine = make_engine()
+        engine = ColocatedVLLM.from_args(args, dist)
         stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, 0, dist.device)
         write_eval_report(run_dir / "eval_samples.jsonl", args.model, stats, rows, args.eval_samples_per_prompt)
         engine.shutdown()
@@ -472,7 +447,7 @@ def main() -> None:
     total_updates = args.num_steps * args.epochs_per_rollout * num_mini
     scheduler = build_scheduler(optimizer, args.lr_schedule, args.warmup_steps, total_updates)
     critic_scheduler = build_scheduler(critic_optimizer, args.lr_schedule, args.warmup_steps, total_updates)
-    engine = make_engine()
+    engine = ColocatedVLLM.from_args(args, dist)
     trained = dict(models={"policy": policy, "critic": critic}, optimizers={"policy": optimizer, "critic": critic_optimizer},
                    schedulers={"policy": scheduler, "critic": critic_scheduler})
     start_step = 0

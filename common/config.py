@@ -5,6 +5,7 @@ Errors here are one line that names the fix, raised before any model is loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -111,3 +112,15 @@ def check_model_source(name_or_path: str, flag: str = "--model") -> None:
             where = f"its config.json does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         raise ConfigError(f"cannot load {flag} {name_or_path!r}: {where}; "
                           f"pass {flag} a local Hugging Face model directory or a reachable hub id") from None
+
+
+def check_prompt_lengths(checked: list[tuple[list[int], dict]], max_prompt_tokens: int, device) -> None:
+    """`checked`: this rank's (prompt token ids, problem) pairs. Collective: every rank learns the longest prompt of
+    all ranks; past `max_prompt_tokens` each rank stops with one line, naming the problem where it holds it."""
+    from common.dist import all_reduce_max
+
+    ids, problem = max(checked, key=lambda c: len(c[0]))
+    longest = all_reduce_max(len(ids), device)
+    if longest > max_prompt_tokens:
+        which = f"the prompt of {json.dumps(problem)[:300]}" if len(ids) == longest else "a prompt on another rank"
+        raise ConfigError(f"{which} has {longest} tokens > --max-prompt-tokens {max_prompt_tokens}: raise it")

@@ -14,6 +14,8 @@ import random
 import re
 from fractions import Fraction
 
+import numpy as np
+
 OPS = "+-*/"
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, None: 3}  # None: a bare number, binds tightest
 MAX_TRIES_PER_PROBLEM = 10_000  # rejection-sampling guard: raise rather than loop forever on impossible settings
@@ -268,3 +270,22 @@ def make_word_problems(n: int, seed: int, max_addend: int = 60) -> list[dict]:
         answer = "\n".join(line.format(**fill) for line in lines) + f"\n#### {values['r']}"
         problems.append({"question": question.format(**fill), "answer": answer})
     return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data order (any task)
+# ---------------------------------------------------------------------------------------------------------------
+def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
+    """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
+    so a resumed run continues exactly where the first one stopped.
+
+    >>> batch_indices(0, 4, 10, seed=0) == batch_indices(0, 4, 10, seed=0)
+    True
+    """
+    out, permutations = [], {}
+    for k in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, i = divmod(k, num_problems)
+        if epoch not in permutations:
+            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
+        out.append(int(permutations[epoch][i]))
+    return out

@@ -115,6 +115,14 @@ class ColocatedVLLM:
                 if start <= dist_info.rank < start + tp:
                     self._tp_group = group
 
+    @classmethod
+    def from_args(cls, args, dist_info: DistInfo) -> "ColocatedVLLM":
+        """The engine of a script's `Args` (model, prompt and response budgets, seed, vllm_* settings)."""
+        return cls(args.model, dist_info, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                   tensor_parallel_size=args.vllm_tensor_parallel_size,
+                   gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                   cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
+
     # ---- memory choreography ------------------------------------------------------------------------
     def wake_and_sync(self, model: torch.nn.Module, named_params: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
         """Steps 1-3 of docs/design.md: wake the weights, push the trainer's weights, wake the KV cache."""
