@@ -38,20 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-from tqdm import tqdm
-
-from common.checkpoint import load_checkpoint, resume_path, save_checkpoint
 from common.config import (ConfigError, check_model_source, check_prompt_lengths, check_ranges, check_resume, exact_div,
                            parse_args, policy_dir)
-from common.console import quiet_console
-from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed
-from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report
-from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm, hf_named_parameters, load_critic, load_policy,
-                          load_tokenizer, logprobs_in_micro_batches, pad_batch, select_rows, values_in_micro_batches)
-from common.tasks import batch_indices
-from common.vllm_engine import ColocatedVLLM
-from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference
 
 
 @dataclass
@@ -233,6 +221,27 @@ def check_args(args: Args) -> None:
             raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
 
 
+# The command line is parsed and checked here, before the heavy imports below: torch alone takes ~2 s to import, and
+# `--help` or a bad flag should answer at once. Imported as a module (as the tests do), the script parses nothing.
+if __name__ == "__main__":
+    ARGS = parse_args(Args, PRESETS)
+    check_args(ARGS)
+
+import torch  # noqa: E402  (after the settings: see above)
+from tqdm import tqdm  # noqa: E402
+
+from common.checkpoint import load_checkpoint, resume_path, save_checkpoint  # noqa: E402
+from common.console import quiet_console  # noqa: E402
+from common.dist import all_reduce_max, global_means, init_distributed, print0, seed_everything, shutdown_distributed  # noqa: E402
+from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report  # noqa: E402
+from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm,  # noqa: E402
+                          hf_named_parameters, load_critic, load_policy, load_tokenizer, logprobs_in_micro_batches,
+                          pad_batch, select_rows, values_in_micro_batches)
+from common.tasks import batch_indices  # noqa: E402
+from common.vllm_engine import ColocatedVLLM  # noqa: E402
+from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference  # noqa: E402
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Task: data, prompt, reward (the three things to change when forking this script for another task)
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,10 +406,7 @@ def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float,
     return weights * mask, (token_ratio > cap) & mask, outside, (torch.expm1(log_ratio) - log_ratio) * mask  # expm1: k3 >= 0 near 0
 
 
-def main() -> None:
-    args = parse_args(Args, PRESETS)
-    # ---- check every setting before any model loads
-    check_args(args)
+def main(args: Args) -> None:
     if args.eval_only is not None:  # derived: the model under evaluation
         args.model = policy_dir(args.eval_only)
     quiet_console(args.verbose)
@@ -644,4 +650,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)
