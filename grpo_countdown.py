@@ -17,8 +17,9 @@ Departures from the paper, all deliberate:
   default TRL's sequence-level mask; `token_tis` is Yao et al.'s truncated IS), not the KL term. After each weight
   sync vLLM also re-scores a few samples, and the run stops if those log-probs are not the trainer's
   (`train/sync_probe_error`).
-- Prompts whose G samples all got the same reward (advantage 0, no policy gradient) skip the update's forward and
-  backward passes (`--skip-zero-signal-groups`); unlike DAPO's dynamic sampling (§3.2), nothing is resampled.
+- Prompts whose G samples all got the same reward (advantage 0, no policy gradient) skip the trainer's log-prob
+  pass and the update's forward and backward passes (`--skip-zero-signal-groups`); unlike DAPO's dynamic sampling
+  (§3.2), nothing is resampled.
 - Generation stops at "</answer>" (everything after it is never graded).
 
 Launch:
@@ -66,6 +67,9 @@ class Args:
     """on CUDA, compute in bfloat16 with float32 master weights and gradient reduction (CPU always uses float32)"""
     activation_checkpointing: bool = True
     """recompute decoder-layer activations in backward (less memory, ~30% more compute)"""
+    reshard_after_forward: bool = True
+    """FSDP2 frees each layer's gathered weights after forward and gathers them again in backward (least memory);
+    False keeps them until backward: one all-gather fewer per layer and step (small models, CPU)"""
     # ---- data
     dataset: str = "Jiayi-Pan/Countdown-Tasks-3to4"
     """Hugging Face dataset of problems (train split); `synthetic` uses generated problems instead"""
@@ -185,7 +189,7 @@ PRESETS = {
                  num_steps=80, prompts_per_step=64, samples_per_prompt=8, max_response_tokens=48,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=2e-4, lr_schedule="cosine", warmup_steps=10,
                  kl_coef=0.0, eval_every=10,
-                 save_every=0, activation_checkpointing=False, vllm_cpu_kv_cache_gb=0.25),
+                 save_every=0, activation_checkpointing=False, reshard_after_forward=False, vllm_cpu_kv_cache_gb=0.25),
 }
 
 
@@ -442,7 +446,8 @@ def main(args: Args) -> None:
 
     # ---- models: policy (trained), reference (frozen, for the KL term), one vLLM engine per rank
     on_gpu = dist.device.type == "cuda"
-    policy = load_policy(args.model, dist, bf16=args.bf16 and on_gpu, activation_checkpointing=args.activation_checkpointing)
+    policy = load_policy(args.model, dist, bf16=args.bf16 and on_gpu, activation_checkpointing=args.activation_checkpointing,
+                         reshard_after_forward=args.reshard_after_forward)
     reference = (load_policy(args.model, dist, bf16=args.bf16 and on_gpu, trainable=False, cpu_offload=args.ref_cpu_offload and on_gpu)
                  if args.kl_coef > 0 else None)
     optimizer = build_optimizer(policy, args.learning_rate, weight_decay=args.weight_decay)
@@ -500,29 +505,30 @@ def main(args: Args) -> None:
         batch = pad_batch([prompt_ids[i] for i, _ in samples], [c.token_ids for _, c in samples], pad_id)  # (B, L) each
         mask = batch["response_mask"]                                                                   # (B, L)
 
-        # ===== 2. grade
+        # ===== 2. grade; a prompt whose G samples all got the same reward has no signal (advantage 0 for each)
         with timer("grade"):
             grades = [grade(c.text, problems[i]) for i, c in samples]
         rewards = torch.tensor([r for r, _ in grades], dtype=torch.float32)                             # (B,)
+        zero = zero_signal(rewards, group_ids)                                                          # (B,) bool
+        train_rows = ~zero if args.skip_zero_signal_groups else torch.ones_like(zero)                  # (B,) bool
+        scored = mask & train_rows[:, None]                                                             # (B, L)
 
-        # ===== 3. old and reference log-probs (no grad), recomputed by the trainer
+        # ===== 3. old and reference log-probs (no grad), recomputed by the trainer for the samples that train
         with timer("logprob"):
-            old_logprobs, _ = logprobs_in_micro_batches(policy, batch, temperature=args.temperature,
+            old_logprobs, _ = logprobs_in_micro_batches(policy, batch, rows=train_rows, temperature=args.temperature,
                                                         max_tokens=args.logprob_token_budget, device=dist.device)  # (B, L)
-            ref_logprobs = (logprobs_in_micro_batches(reference, batch, temperature=args.temperature,
+            ref_logprobs = (logprobs_in_micro_batches(reference, batch, rows=train_rows, temperature=args.temperature,
                                                       max_tokens=args.logprob_token_budget, device=dist.device)[0]
                             if reference is not None else old_logprobs)                                # (B, L)
         vllm_logprobs = torch.zeros_like(old_logprobs)                                                  # (B, L)
         vllm_logprobs[mask] = torch.tensor([lp for _, c in samples for lp in c.logprobs])
         # importance weights against the sampler (vLLM), fixed for the whole update: they use no trained quantity
         is_weights, is_over_cap, is_outside, mismatch_k3 = sampler_correction(
-            old_logprobs, vllm_logprobs, mask, args.is_correction, args.is_cap, args.is_mask_lower)    # (B, L), (B, L), (B,), (B, L)
+            old_logprobs, vllm_logprobs, scored, args.is_correction, args.is_cap, args.is_mask_lower)  # (B, L), (B, L), (B,), (B, L)
 
         # ===== 4. advantages, per prompt over its G samples; every token of a response shares its sample's
         sample_advantages = group_advantages(rewards, group_ids, scale_by_std=args.advantage == "grpo")  # (B,)
         advantages = sample_advantages[:, None] * mask                                                  # (B, L)
-        zero = zero_signal(rewards, group_ids)                                                          # (B,) bool
-        train_rows = ~zero if args.skip_zero_signal_groups else torch.ones_like(zero)                  # (B,) bool
 
         # ===== 5. policy update: epochs x mini-batches x micro-batches, one optimizer step per mini-batch
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # key -> [sum, count] on this rank
@@ -586,11 +592,11 @@ def main(args: Args) -> None:
             "rollout/response_len_mean": [float(lengths.sum()), n],
             "rollout/truncated": [float(sum(c.finish_reason == "length" for _, c in samples)), n],
             "rollout/tokens": [float(lengths.sum()), 1.0 / world],
-            "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[mask].abs().sum()), float(mask.sum())],
-            "train/mismatch_kl": [float(mismatch_k3.sum()), float(mask.sum())],
-            "train/is_weight_mean": [float(is_weights.sum()), float(mask.sum())],
-            "train/is_truncated_frac": [float(is_over_cap.sum()), float(mask.sum())],
-            "train/is_masked_frac": [float(is_outside.sum()), n],
+            "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[scored].abs().sum()), float(scored.sum())],
+            "train/mismatch_kl": [float(mismatch_k3.sum()), float(scored.sum())],
+            "train/is_weight_mean": [float(is_weights.sum()), float(scored.sum())],
+            "train/is_truncated_frac": [float(is_over_cap.sum()), float(scored.sum())],
+            "train/is_masked_frac": [float(is_outside.sum()), float(train_rows.sum())],
             "train/advantage_abs": [float(sample_advantages.abs().sum()), n],
             "train/zero_signal_frac": [float(zero.sum()), n],
         })

@@ -151,11 +151,15 @@ def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------------
 # Loading and FSDP2
 # ---------------------------------------------------------------------------------------------------
-def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool, cpu_offload: bool = False) -> nn.Module:
+def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool, cpu_offload: bool = False,
+               reshard_after_forward: bool = True) -> nn.Module:
     """`fully_shard` each decoder layer, then the root (FSDP2: https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html).
 
     bf16: compute in bfloat16 with float32 master weights and float32 gradient reduction.
     cpu_offload: keep the shards in CPU memory between uses (for a frozen reference model on GPU).
+    reshard_after_forward: free each layer's gathered weights after its forward and gather them again in backward
+      (the least memory); False keeps them until backward: one all-gather fewer per layer and optimizer step,
+      for a full copy of the weights in memory (small models, and gloo on CPU, where collectives are slow).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -164,8 +168,8 @@ def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for layer in layers:
-        fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=offload)
-    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=reshard_after_forward)
     return model
 
 
@@ -180,7 +184,7 @@ def load_on_rank0(model_class, name_or_path: str, config, dist_info: DistInfo) -
 
 @torch.no_grad()
 def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, bf16: bool,
-                     cpu_offload: bool = False) -> nn.Module:
+                     cpu_offload: bool = False, reshard_after_forward: bool = True) -> nn.Module:
     """Shard a model built by `load_on_rank0` with FSDP2 and fill every rank's shards from rank 0's weights.
 
     Collective. For each parameter, rank 0 cuts its full tensor into FSDP2's dim-0 shards (`torch.chunk` sizes,
@@ -194,7 +198,7 @@ def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInf
     from torch.distributed.tensor import DTensor, Shard
 
     full = dict(model.named_parameters()) if dist_info.is_main else {}  # rank 0's full tensors, until scattered
-    fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+    fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload, reshard_after_forward=reshard_after_forward)
     if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the scatter fills them
         model.to_empty(device=torch.device("cpu") if cpu_offload else dist_info.device)
     world, device = dist_info.world_size, dist_info.device
@@ -217,11 +221,12 @@ def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInf
 
 
 def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False,
-                trainable: bool = True, cpu_offload: bool = False) -> TokenLogprobLM:
+                trainable: bool = True, cpu_offload: bool = False, reshard_after_forward: bool = True) -> TokenLogprobLM:
     """Load a causal LM (local directory or hub id), wrap it as `TokenLogprobLM` and shard it with FSDP2.
 
     Only rank 0 reads the float32 weights; the other ranks get their shards from it (`shard_from_rank0`).
     trainable=False gives a frozen model in eval mode (the reference policy for the KL term).
+    reshard_after_forward: see `fsdp_shard`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -232,7 +237,8 @@ def load_policy(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     model = TokenLogprobLM(lm)
     model.train(trainable)  # Qwen2 has no dropout; eval mode for the reference anyway
     model.requires_grad_(trainable)
-    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload)
+    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16, cpu_offload=cpu_offload,
+                            reshard_after_forward=reshard_after_forward)
 
 
 def load_tokenizer(name_or_path: str):
@@ -242,7 +248,8 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
-def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False) -> TokenValueModel:
+def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, activation_checkpointing: bool = False,
+                reshard_after_forward: bool = True) -> TokenValueModel:
     """The value model for PPO: the backbone of `name_or_path` plus a new scalar head (Hugging Face's default
     init for it, normal(0, initializer_range = 0.02): small, so early values are near 0), sharded with FSDP2.
     Read on rank 0 only, like the policy; the new head is initialised there and scattered with the rest."""
@@ -255,15 +262,17 @@ def load_critic(name_or_path: str, dist_info: DistInfo, *, bf16: bool = False, a
     if activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = TokenValueModel(lm)
-    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16)
+    return shard_from_rank0(model, lm.model.layers, dist_info, bf16=bf16, reshard_after_forward=reshard_after_forward)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Optimizer, schedule, clipping
 # ---------------------------------------------------------------------------------------------------
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+    # foreach: a few multi-tensor ops per step instead of ~10 per parameter: torch's default on CUDA but not on CPU,
+    # where the per-parameter DTensor ops made the tiny model's AdamW step 29 ms instead of 14 (2 ranks)
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, eps=eps,
-                             weight_decay=weight_decay)
+                             weight_decay=weight_decay, foreach=True)
 
 
 def lr_multiplier(step: int, *, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, power: float = 1.0) -> float:
@@ -385,7 +394,8 @@ def select_rows(batch: dict[str, torch.Tensor], rows: list[int], device: torch.d
 def token_budget_micro_batches(lengths: list[int], max_tokens: int, device: torch.device) -> list[list[int]]:
     """Group sample indices into micro-batches of at most `max_tokens` padded tokens, longest first, so padding
     stays small. Every rank gets the same number of micro-batches (the shorter lists end with empty ones):
-    FSDP ranks must run the same number of forward passes or the all-gathers deadlock.
+    FSDP ranks must run the same number of forward passes or the all-gathers deadlock. There is always at least
+    one micro-batch (empty when no rank has a sample), so a caller always gets outputs of the right shape.
 
     Example (one rank): lengths [3, 9, 4, 8], max_tokens 18 -> [[1, 3], [2, 0]]  (2 x 9 <= 18, 2 x 4 <= 18)
     """
@@ -396,38 +406,59 @@ def token_budget_micro_batches(lengths: list[int], max_tokens: int, device: torc
             batches[-1].append(i)
         else:
             batches.append([i])
-    count = all_reduce_max(len(batches), device) if dist.is_initialized() else len(batches)
+    count = max(1, all_reduce_max(len(batches), device) if dist.is_initialized() else len(batches))
     return batches + [[] for _ in range(count - len(batches))]
 
 
 @torch.no_grad()
-def _in_micro_batches(forward, batch: dict[str, torch.Tensor], max_tokens: int, device: torch.device) -> list[torch.Tensor]:
+def _in_micro_batches(forward, batch: dict[str, torch.Tensor], max_tokens: int, device: torch.device,
+                      rows: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Run `forward(micro_batch) -> tuple of (b, l) tensors` over a padded batch in token-budget micro-batches and
-    return the outputs as (B, L) float32 CPU tensors. Collective: every rank calls it, each with its own batch."""
+    return the outputs as (B, L) float32 CPU tensors. `rows` (B,) bool: only those samples are computed, the other
+    rows of the outputs stay 0 (default: all). Collective: every rank calls it, each with its own batch."""
     outs: list[torch.Tensor] = []
     lengths = batch["attention_mask"].sum(-1).tolist()
-    for rows in token_budget_micro_batches(lengths, max_tokens, device):
-        mb = select_rows(batch, rows, device) if rows else {  # an empty micro-batch still runs the all-gathers
+    index = list(range(len(lengths))) if rows is None else rows.nonzero().flatten().tolist()  # the samples to compute
+    for micro in token_budget_micro_batches([lengths[i] for i in index], max_tokens, device):
+        micro = [index[i] for i in micro]
+        mb = select_rows(batch, micro, device) if micro else {  # an empty micro-batch still runs the all-gathers
             "input_ids": batch["input_ids"][:1, :1].to(device), "attention_mask": batch["attention_mask"][:1, :1].to(device),
             "response_mask": torch.zeros((1, 1), dtype=torch.bool, device=device)}
         results = forward(mb)
         if not outs:
             outs = [torch.zeros(batch["input_ids"].shape, dtype=torch.float32) for _ in results]  # (B, L) each
-        if rows:
+        if micro:
             for out, r in zip(outs, results):
-                out[rows, : r.shape[1]] = r.float().cpu()
+                out[micro, : r.shape[1]] = r.float().cpu()
     return outs
 
 
+def reshard(model: nn.Module) -> None:
+    """Free the weights FSDP2 gathered for forward passes that no backward follows. With `reshard_after_forward=False`
+    they stay gathered until a backward reshards them, and until then the model's parameters are plain full tensors,
+    not its shards: a checkpoint or the next all-gather must not see that state. A no-op for other models."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # FSDPModule.reshard is not recursive
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def logprobs_in_micro_batches(model: TokenLogprobLM, batch: dict[str, torch.Tensor], *, temperature: float,
-                              max_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies (B, L), no grad, on CPU (see `TokenLogprobLM`). Collective."""
+                              max_tokens: int, device: torch.device, rows: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies (B, L), no grad, on CPU (see `TokenLogprobLM`); only `rows` (B,) bool if
+    given, 0 elsewhere. Collective."""
     logprobs, entropy = _in_micro_batches(
-        lambda mb: model(mb["input_ids"], mb["attention_mask"], mb["response_mask"], temperature), batch, max_tokens, device)
+        lambda mb: model(mb["input_ids"], mb["attention_mask"], mb["response_mask"], temperature), batch, max_tokens,
+        device, rows)
+    reshard(model)
     return logprobs, entropy
 
 
 def values_in_micro_batches(model: TokenValueModel, batch: dict[str, torch.Tensor], *, max_tokens: int,
                             device: torch.device) -> torch.Tensor:
     """Per-token values (B, L), no grad, on CPU (see `TokenValueModel`). Collective."""
-    return _in_micro_batches(lambda mb: (model(mb["input_ids"], mb["attention_mask"]),), batch, max_tokens, device)[0]
+    values = _in_micro_batches(lambda mb: (model(mb["input_ids"], mb["attention_mask"]),), batch, max_tokens, device)[0]
+    reshard(model)
+    return values

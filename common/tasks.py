@@ -121,21 +121,24 @@ def evaluate_countdown(expression: str) -> Fraction:
     return value
 
 
-def random_countdown_expression(nums: list[int], rng: random.Random) -> tuple[Fraction, str, list[str]]:
+def random_countdown_expression(nums: list[int], rng: random.Random) -> tuple[int, str, list[str]]:
     """Combine `nums` in random order with random ops, requiring every intermediate to be a positive integer.
 
     Returns (value, expression, steps), e.g. for [8, 5, 3]: (9, "(8-5)*3", ["8-5=3", "3*3=9"]), or value 0
-    when a step failed (non-integer, zero or negative); the caller rejects those.
+    when a step failed (non-integer, zero or negative); the caller rejects those. Integer arithmetic (not
+    `_apply`'s Fractions): the demos generate 20k problems at start-up, and this is their inner loop.
     """
-    terms = [(Fraction(n), str(n), None) for n in nums]
+    terms = [(n, str(n), None) for n in nums]
     steps: list[str] = []
     while len(terms) > 1:
         i, j = rng.sample(range(len(terms)), 2)
         (a, sa, oa), (b, sb, ob) = terms[i], terms[j]
         op = rng.choice(OPS)
-        value = _apply(op, a, b)
-        if value is None or value <= 0 or value.denominator != 1:
-            return Fraction(0), "", []
+        if op == "/" and a % b:  # not an integer (b > 0: every term is a positive integer)
+            return 0, "", []
+        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
+        if value <= 0:
+            return 0, "", []
         steps.append(f"{a}{op}{b}={value}")
         terms = [t for k, t in enumerate(terms) if k not in (i, j)] + [(value, _join(op, (sa, oa), (sb, ob)), op)]
     return terms[0][0], terms[0][1], steps

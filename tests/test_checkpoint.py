@@ -14,6 +14,7 @@ def test_checkpoint_resume_is_exact_and_hf_export_loads(tiny_models, tmp_path):
     run_script(["tests/dist_checkpoint_check.py", str(tiny_models["tied"]), str(tmp_path)], nproc=2)
     for r in range(2):
         res = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert res["sharded_after_no_grad_pass"], "a no-grad pass left FSDP2's gathered weights in place of the shards"
         assert res["state"] == {"step": 1, "data_position": 17}
         assert res["resume_diff"] == 0.0, "a resumed step must equal the uninterrupted one"
         assert res["rng_equal"] and res["lr"] == res["expected_lr"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.model import (TokenLogprobLM, chunked_token_logprobs, lr_multiplier, pad_batch, select_rows,
-                          token_budget_micro_batches)
+from common.model import (TokenLogprobLM, build_optimizer, chunked_token_logprobs, logprobs_in_micro_batches,
+                          lr_multiplier, pad_batch, select_rows, token_budget_micro_batches)
 
 
 def naive_logprobs(hidden, weight, targets, temperature):
@@ -74,6 +74,27 @@ def test_token_budget_micro_batches():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths))), "every sample exactly once"
     for b in batches:  # padded size within budget (a single over-long sample gets a batch of its own)
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 48
+    assert token_budget_micro_batches([], 48, cpu) == [[]], "always one micro-batch: callers get outputs of the right shape"
+
+
+def test_logprobs_of_selected_rows_equal_the_full_pass_and_leave_the_rest_zero(tiny_models):
+    model = TokenLogprobLM(AutoModelForCausalLM.from_pretrained(tiny_models["untied"], dtype=torch.float32)).eval()
+    batch = pad_batch([[5, 6, 7], [8], [9, 10], [4]], [[11, 12], [13, 14, 15, 16], [17], [18, 19]], pad_id=0)
+    cpu = torch.device("cpu")
+    full, _ = logprobs_in_micro_batches(model, batch, temperature=0.8, max_tokens=8, device=cpu)  # (4, L)
+    rows = torch.tensor([False, True, False, True])
+    part, _ = logprobs_in_micro_batches(model, batch, rows=rows, temperature=0.8, max_tokens=8, device=cpu)  # (4, L)
+    assert part.shape == full.shape and (part[~rows] == 0).all()
+    torch.testing.assert_close(part[rows], full[rows], atol=1e-5, rtol=0)  # other padding: float rounding only
+    assert full[rows].abs().sum() > 0
+    none, _ = logprobs_in_micro_batches(model, batch, rows=torch.zeros(4, dtype=torch.bool), temperature=0.8,
+                                        max_tokens=8, device=cpu)
+    assert none.shape == full.shape and (none == 0).all(), "no row selected: zeros, not an error"
+
+
+def test_optimizer_uses_multi_tensor_adamw(tiny_models):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["untied"], dtype=torch.float32)
+    assert build_optimizer(model, lr=1e-3).defaults["foreach"] is True  # torch's CPU default is one op per tensor
 
 
 def test_lr_schedules():

@@ -6,8 +6,11 @@ from fractions import Fraction
 
 import pytest
 
+import random
+
 from common.tasks import (
-    countdown_key, evaluate_countdown, make_countdown_problems, make_word_problems, solve_countdown,
+    OPS as COUNTDOWN_OPS, _join, countdown_key, evaluate_countdown, make_countdown_problems, make_word_problems,
+    random_countdown_expression, solve_countdown,
 )
 
 EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")  # "12 * 3 = 36" in word-problem reasoning
@@ -134,3 +137,30 @@ def test_graders_score_reference_solutions():
         assert gsm8k.gsm8k_reward(" " + p["answer"], p["answer"]) == 1.0, p
         assert gsm8k.gsm8k_reward(" " + p["answer"], reference) == 1.0, p
         assert gsm8k.gsm8k_reward(" " + p["answer"], str(int(reference) + 1)) == 0.0, p
+
+
+def fraction_countdown_expression(nums: list[int], rng: random.Random):
+    """The generator's first, slow form: exact Fractions, rejecting a non-integer, zero or negative step afterwards."""
+    terms = [(Fraction(n), str(n), None) for n in nums]
+    steps = []
+    while len(terms) > 1:
+        i, j = rng.sample(range(len(terms)), 2)
+        (a, sa, oa), (b, sb, ob) = terms[i], terms[j]
+        op = rng.choice(COUNTDOWN_OPS)
+        value = OPS[op](a, b)
+        if value <= 0 or value.denominator != 1:
+            return 0, "", []
+        steps.append(f"{a}{op}{b}={value}")
+        terms = [t for k, t in enumerate(terms) if k not in (i, j)] + [(value, _join(op, (sa, oa), (sb, ob)), op)]
+    return int(terms[0][0]), terms[0][1], steps
+
+
+@pytest.mark.parametrize("num_numbers,max_number", [((3,), 20), ((3, 4), 99), ((2, 3, 4), 9)])
+def test_integer_generator_equals_the_fraction_one(num_numbers, max_number):
+    """The integer arithmetic of `random_countdown_expression` draws the same numbers and returns the same problems
+    as exact Fractions would: same values, expressions, steps and random stream."""
+    fast, slow = random.Random(7), random.Random(7)
+    for _ in range(3000):
+        nums = [fast.randint(1, max_number) for _ in range(fast.choice(num_numbers))]
+        assert nums == [slow.randint(1, max_number) for _ in range(slow.choice(num_numbers))]
+        assert random_countdown_expression(nums, fast) == fraction_countdown_expression(nums, slow)
