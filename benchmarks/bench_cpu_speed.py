@@ -3,9 +3,9 @@ and print the median seconds of each phase (`time/<phase>_s`), the step, the sta
 
     python benchmarks/bench_cpu_speed.py                          # GRPO, 16 steps, ~1.5 min on 2 cores
     python benchmarks/bench_cpu_speed.py ppo --steps 8
-    python benchmarks/bench_cpu_speed.py grpo --compare "" "--reshard-after-forward" --repeats 2   # A/B, alternating
+    python benchmarks/bench_cpu_speed.py grpo --repeats 2 -- "" "--reshard-after-forward"   # A/B, alternating
 
-Each variant is a string of extra flags ("" = the preset as it is). Variants run alternately, `--repeats` times each,
+Each variant, after `--`, is a string of extra flags ("" = the preset as it is). Variants run alternately, `--repeats` times each,
 so a machine that slows down mid-way slows every variant alike; the table shows, per variant, the median over its
 runs of each run's median. Evaluation runs only at the first and last step (`--eval-every` = steps).
 """
@@ -51,16 +51,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("algo", nargs="?", default="grpo", choices=sorted(SCRIPTS))
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--compare", nargs="+", default=[""], metavar="FLAGS", help="variants: extra flags each")
     parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)  # after `--`: the variants, each a string of flags
+    args, variants = parser.parse_args(argv[:split]), argv[split + 1:] or [""]
     if args.steps < 2 or args.repeats < 1:
         raise SystemExit("error: --steps >= 2 and --repeats >= 1")
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in args.compare}
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for i, flags in enumerate(args.compare):
-                print(f"run {r + 1}/{args.repeats}, variant {i + 1}/{len(args.compare)}: {flags or '(preset)'}", flush=True)
+            for i, flags in enumerate(variants):
+                print(f"run {r + 1}/{args.repeats}, variant {i + 1}/{len(variants)}: {flags or '(preset)'}", flush=True)
                 results[flags].append(run_once(SCRIPTS[args.algo], args.steps, flags, Path(tmp) / f"{r}_{i}"))
     columns = (*PHASES, "outside loop", "wall")
     print(f"\n{args.algo}, {args.steps} steps, medians in seconds ({args.repeats} run(s) per variant)")
