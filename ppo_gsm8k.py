@@ -24,7 +24,7 @@ Launch:
     torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
     torchrun --nproc_per_node 2 ppo_gsm8k.py --preset tiny              # the shipped tiny model, 2 CPU processes
     python ppo_gsm8k.py --preset tiny --num-steps 3                     # one process
-    python ppo_gsm8k.py --preset tiny --eval-only runs/ppo_gsm8k/step_000060       # evaluate a checkpoint
+    python ppo_gsm8k.py --preset tiny --eval-only runs/ppo_gsm8k/step_000024       # evaluate a checkpoint
 """
 
 from __future__ import annotations
@@ -194,10 +194,11 @@ class Args:
 PRESETS = {
     "default": Args(),
     "tiny": Args(preset="tiny", model="tiny_models/gsm8k", use_local_data=True,
-                 num_steps=60, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_prompt_tokens=256, max_response_tokens=64,
+                 num_steps=24, prompts_per_step=32, samples_per_prompt=8, temperature=1.0, max_prompt_tokens=256, max_response_tokens=64,
                  mini_batch_size=64, micro_batch_size=32, learning_rate=5e-5, critic_learning_rate=1e-3,
-                 critic_warmup_steps=5, kl_coef=0.0, eval_every=10, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
-                 save_every=0, activation_checkpointing=False, reshard_after_forward=False, vllm_cpu_kv_cache_gb=0.25),
+                 critic_warmup_steps=5, kl_coef=0.0, eval_every=8, eval_samples_per_prompt=1, eval_temperature=0.0, eval_top_p=1.0,
+                 logprob_token_budget=4096, save_every=0, activation_checkpointing=False, reshard_after_forward=False,
+                 vllm_cpu_kv_cache_gb=0.25),
 }
 
 

