@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from common.console import is_quiet, native_stderr_filter
 from common.dist import DistInfo, sampling_seed
-from common.model import logprobs_in_micro_batches, pad_batch
+from common.model import logprobs_in_micro_batches, pad_batch, use_bf16
 
 
 class WeightSyncError(SystemExit):
@@ -123,9 +123,11 @@ class ColocatedVLLM:
 
     @classmethod
     def from_args(cls, args, dist_info: DistInfo) -> "ColocatedVLLM":
-        """The engine of a script's `Args` (model, prompt and response budgets, seed, vllm_* settings)."""
+        """The engine of a script's `Args` (model, prompt and response budgets, seed, vllm_* settings), computing in
+        the trainer's dtype (`--bf16`, see `common.model.use_bf16`)."""
         tp = args.vllm_tensor_parallel_size
         return cls(args.model, dist_info, max_model_len=args.max_prompt_tokens + args.max_response_tokens, seed=args.seed,
+                   dtype="bfloat16" if use_bf16(args.bf16, dist_info.device) else "float32",
                    tensor_parallel_size=tp, rollout_seqs=args.prompts_per_step * tp // dist_info.world_size * args.samples_per_prompt,
                    gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                    cpu_kv_cache_bytes=int(args.vllm_cpu_kv_cache_gb * 2**30))

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.model import (TokenLogprobLM, build_optimizer, chunked_token_logprobs, logprobs_in_micro_batches,
-                          lr_multiplier, pad_batch, select_rows, token_budget_micro_batches)
+from common.model import (TokenLogprobLM, attention_kernel, build_optimizer, chunked_token_logprobs,
+                          logprobs_in_micro_batches, lr_multiplier, pad_batch, select_rows, token_budget_micro_batches,
+                          use_bf16)
 
 
 def naive_logprobs(hidden, weight, targets, temperature):
@@ -39,9 +40,11 @@ def test_chunked_logprobs_gradient_equals_naive():
     torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: the trainer's kernel in bf16 on CPU (attention_kernel)
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_token_logprob_lm_equals_full_logits_on_padded_batch(tiny_models, temperature):
-    lm = AutoModelForCausalLM.from_pretrained(tiny_models["untied"], dtype=torch.float32)
+def test_token_logprob_lm_equals_full_logits_on_padded_batch(tiny_models, temperature, attention):
+    lm = AutoModelForCausalLM.from_pretrained(tiny_models["untied"], dtype=torch.float32, attn_implementation=attention)
+    assert lm.config._attn_implementation == attention
     model = TokenLogprobLM(lm).eval()
     prompts, responses = [[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15, 16], [17]]
     batch = pad_batch(prompts, responses, pad_id=0)
@@ -53,6 +56,16 @@ def test_token_logprob_lm_equals_full_logits_on_padded_batch(tiny_models, temper
             expected = torch.tensor([logp[len(p) + j - 1, t] for j, t in enumerate(r)])
             torch.testing.assert_close(lp[i][batch["response_mask"][i]].double(), expected, atol=1e-5, rtol=0)
     assert (lp[~batch["response_mask"]] == 0).all() and (ent[~batch["response_mask"]] == 0).all()
+
+
+@pytest.mark.parametrize("requested, device, amx, expected", [
+    (True, "cuda", False, True), (False, "cuda", True, False),
+    (True, "cpu", True, True), (True, "cpu", False, False), (False, "cpu", True, False)])
+def test_bf16_on_cuda_and_on_cpus_with_amx_only(monkeypatch, requested, device, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    bf16 = use_bf16(requested, torch.device(device))
+    assert bf16 is expected
+    assert attention_kernel(bf16, torch.device(device)) == ("eager" if bf16 and device == "cpu" else None)
 
 
 def test_pad_batch_layout():
