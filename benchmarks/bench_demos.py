@@ -1,4 +1,4 @@
-"""Run both CPU demos from scratch (`--preset tiny`, 2 processes) and print what they achieved.
+"""Run both CPU demos from scratch, as the README does (`scripts/demo.sh grpo|ppo`), and print what they achieved.
 
     python benchmarks/bench_demos.py                 # both; ~9 min on 2 cores
     python benchmarks/bench_demos.py grpo            # one of them
@@ -13,7 +13,6 @@ Targets (2 CPU cores, the whole command): GRPO raises tiny-Countdown held-out ac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,23 +21,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMOS = {  # name: (script, target points, target minutes)
-    "grpo": ("grpo_countdown.py", 15.0, 2.5),
-    "ppo": ("ppo_gsm8k.py", 10.0, 3.5),
+DEMOS = {  # name: (target points, target minutes)
+    "grpo": (15.0, 2.5),
+    "ppo": (10.0, 3.5),
 }
 
 
 def run_demo(name: str, out_dir: Path, seed: int = 1) -> dict:
-    script, _, _ = DEMOS[name]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script, "--preset", "tiny",
-                           "--seed", str(seed), "--out-dir", str(out_dir), "--exp-name", name], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(["bash", "scripts/demo.sh", name, "--seed", str(seed), "--out-dir", str(out_dir),
+                           "--exp-name", name], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{script} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        raise SystemExit(f"scripts/demo.sh {name} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     rows = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
     if name == "grpo" and seed == 1:
         shutil.copy(out_dir / name / "metrics.png", ROOT / "docs" / "grpo_demo.png")
@@ -61,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             r = run_demo(name, Path(tmp), seed)
-            _, points, minutes = DEMOS[name]
+            points, minutes = DEMOS[name]
             gain = 100 * (r["after"] - r["before"])
             ok = "OK" if gain >= points and r["wall_min"] <= minutes else "MISSED"
             print(f"{name:<6}{100 * r['before']:>7.1f}%{100 * r['after']:>7.1f}%{gain:>+8.1f}{100 * r['best']:>7.1f}%"

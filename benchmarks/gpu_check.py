@@ -10,8 +10,8 @@ Parts, each in its own process (one vLLM engine per process), world size 1:
                  weight-sync probe (`ColocatedVLLM.probe_sync`) inside its bound every time; then vLLM's weights wiped
                  (`reset_weights` where the version has it, else a push of zeros) and synced again, which the probe
                  must pass, proving the sync overwrites every parameter; device memory before sleep, asleep, awake.
-  grpo / ppo     `grpo_countdown.py` / `ppo_gsm8k.py --preset tiny` for a few steps (bf16 on GPU): every metric
-                 finite, the probe inside its bound.
+  grpo / ppo     `grpo_countdown.py` / `ppo_gsm8k.py --preset tiny` for a few steps (bf16 on GPU, AMX CPUs):
+                 every metric finite, the probe inside its bound.
   step3b         GPU only: one GRPO step of a Qwen2.5-3B-shaped model (random weights; 36 layers, hidden 2048, 16/2
                  heads, intermediate 11008, vocabulary 151,936, tied) at 16 prompts x 8 samples x up to 1,024 new
                  tokens, one GPU's share of the default 8-GPU run: seconds per phase, generated tokens/s, trainer MFU,

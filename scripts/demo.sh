@@ -11,5 +11,5 @@ case "$algo" in
   ppo) script=ppo_gsm8k.py ;;
   *) echo "usage: scripts/demo.sh [grpo|ppo] [flags]" >&2; exit 2 ;;
 esac
-export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source scripts/cpu_env.sh
 exec .venv/bin/torchrun --standalone --nproc_per_node 2 "$script" --preset tiny "$@"

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_cpu.sh
-export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+source scripts/cpu_env.sh
+export WANDB_MODE=disabled
 # pytest exits 5 when it collected no test: `set -e` turns that into a failure too.
 exec .venv/bin/python -m pytest tests "$@"
