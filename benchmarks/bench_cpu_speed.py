@@ -1,5 +1,6 @@
 """Where a tiny CPU step goes, and what a setting changes: run a script's tiny preset for a few steps through
-scripts/demo.sh (2 processes, the demo's environment) and print the median seconds of each phase (`time/<phase>_s`), the step, the start-up and the whole command.
+scripts/demo.sh (2 processes, the demo's environment) and print the median seconds of each phase (`time/<phase>_s`),
+the step, the start-up and the whole command.
 
     python benchmarks/bench_cpu_speed.py                          # GRPO, 16 steps, ~1.5 min on 2 cores
     python benchmarks/bench_cpu_speed.py ppo --steps 8

@@ -22,15 +22,15 @@ pip_install -r requirements-cpu.txt \
 # ("operator torchvision::nms does not exist") and nothing here uses them.
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 # tcmalloc, which scripts/cpu_env.sh preloads: Debian/Ubuntu's package, installed here when running as root (CI,
-# containers); elsewhere one line says how. Without it the runs use glibc's malloc, ~10% slower.
+# containers); elsewhere one line says how. Without it the runs use glibc's malloc, 5-10% slower.
 libs=$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)
 if [[ "$libs" != *"libtcmalloc_minimal.so.4 "* ]]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt_tcmalloc() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }
     apt_tcmalloc || { apt-get update -q >/dev/null 2>&1 && apt_tcmalloc; } \
-      || echo "setup_cpu.sh: apt-get could not install libtcmalloc-minimal4; runs use glibc's malloc (~10% slower)"
+      || echo "setup_cpu.sh: apt-get could not install libtcmalloc-minimal4; runs use glibc's malloc (5-10% slower)"
   else
-    echo "setup_cpu.sh: optional, ~10% faster CPU runs: sudo apt-get install libtcmalloc-minimal4 (tcmalloc)"
+    echo "setup_cpu.sh: optional, 5-10% faster CPU runs: sudo apt-get install libtcmalloc-minimal4 (tcmalloc)"
   fi
 fi
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('setup_cpu.sh: vllm', vllm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
