@@ -1,6 +1,6 @@
 """Run both CPU demos from scratch, as the README does (`scripts/demo.sh grpo|ppo`), and print what they achieved.
 
-    python benchmarks/bench_demos.py                 # both; ~9 min on 2 cores
+    python benchmarks/bench_demos.py                 # both; ~5 min on 2 cores
     python benchmarks/bench_demos.py grpo            # one of them
     python benchmarks/bench_demos.py grpo --seed 2   # another seed (the README's figures are seeds 1 and 2)
 

@@ -1,7 +1,7 @@
 """What skipping zero-signal GRPO groups saves: the tiny demo with and without `--skip-zero-signal-groups`.
 
     python benchmarks/bench_skip_groups.py                          # 20 steps each, eval every 10; ~2 x 2 min on 2 idle cores
-    python benchmarks/bench_skip_groups.py --num-steps 80 --eval-every 20   # the whole demo
+    python benchmarks/bench_skip_groups.py --num-steps 40 --eval-every 10   # the whole demo
     python benchmarks/bench_skip_groups.py -- --is-correction none   # extra flags after `--` go to both runs
 
 Prints, per variant, the medians over steps of `time/train_s` (the update: forward + backward + optimizer) and

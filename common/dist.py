@@ -4,6 +4,7 @@
     seed_everything(args.seed)           # identical model init on every rank
     ...
     shutdown_distributed()               # after the vLLM engine and the FSDP model are deleted
+    exit_process()                       # in `if __name__ == "__main__"`, after main() returns
 
 Backends: NCCL on CUDA, gloo on CPU. vLLM's `external_launcher` reads the same torchrun environment
 variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so a plain `python` launch fills them in
@@ -13,10 +14,13 @@ for a world of one and both sides see one consistent setup.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import random
 import socket
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -128,6 +132,17 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """End the process now, skipping Python's own teardown, which frees torch's, vLLM's and transformers' objects
+    and modules one by one: ~2.5 s per process on CPU, a tenth of a one-step tiny run (os._exit: no atexit
+    handlers, no finalizers). Call it last, when every file is closed and the process group is gone; the output
+    streams and log handlers are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def global_means(totals: dict[str, tuple[float, float]], device: torch.device) -> dict[str, float]:

@@ -14,7 +14,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from common.dist import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
+from common.dist import exit_process, init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import build_optimizer, build_scheduler, load_policy, logprobs_in_micro_batches, pad_batch  # noqa: E402
 
 
@@ -69,3 +69,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    exit_process()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.dist import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
+from common.dist import exit_process, init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import (NonFiniteGuard, build_optimizer, clip_grad_norm, load_critic, load_policy,  # noqa: E402
                           pad_batch)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification  # noqa: E402
@@ -101,3 +101,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    exit_process()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.dist import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
+from common.dist import exit_process, init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import build_optimizer, hf_named_parameters, load_policy, logprobs_in_micro_batches, pad_batch  # noqa: E402
 from common.vllm_engine import ColocatedVLLM, WeightSyncError  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
@@ -107,3 +107,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    exit_process()

@@ -1,6 +1,7 @@
-"""common.console (quiet mode) and common.metrics.plot_metrics, without launching a model."""
+"""common.console (quiet mode), common.metrics.plot_metrics and common.dist.exit_process, without launching a model."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,18 @@ try:
         raise RuntimeError("the engine failed")
 except RuntimeError as e:
     print("caught:", e)
+"""
+
+
+EXIT_CHECK = r"""
+import logging, logging.handlers, sys
+from common.dist import exit_process
+target = logging.FileHandler(sys.argv[1])
+logging.getLogger().addHandler(logging.handlers.MemoryHandler(capacity=100, target=target))  # flushed only when closed
+logging.warning("logged")
+print("to stdout")              # a pipe: block-buffered
+sys.stderr.write("to stderr")   # no newline: still buffered
+exit_process(3)
 """
 
 
@@ -49,3 +62,13 @@ def test_plot_has_one_panel_per_quantity_and_marks_evaluations(tmp_path):
     assert 1_000 < (tmp_path / "metrics.png").stat().st_size < 200_000
     titles = [title for title, _, _ in PLOT_PANELS]
     assert titles == ["training reward", "held-out accuracy", "response length (tokens)", "entropy and KL", "seconds per step"]
+
+
+def test_exit_process_flushes_output_and_log_handlers_then_exits_with_its_code(tmp_path):
+    """os._exit alone would drop all three: the scripts' last line must lose nothing that was printed or logged."""
+    log = tmp_path / "log.txt"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+    proc = subprocess.run([sys.executable, "-c", EXIT_CHECK, str(log)], cwd=ROOT, capture_output=True, text=True,
+                          env=buffered, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "to stdout\n", "to stderr")
+    assert log.read_text() == "logged\n"
