@@ -77,6 +77,21 @@ def test_grpo_runs_logs_and_learns_something(first_run):
 
 
 @pytest.mark.e2e
+def test_grpo_demo_preset_runs_as_the_readme_launches_it(tmp_path):
+    """The tiny preset untouched but for its length: 2 processes, bf16 where the CPU has AMX, 2 optimizer steps per
+    rollout of 512 samples (one 128-sample micro-batch per rank and optimizer step), the whole held-out set."""
+    run_script(["grpo_countdown.py", "--preset", "tiny", "--num-steps", "1", "--out-dir", str(tmp_path), "--exp-name", "d"],
+               nproc=2)
+    rows = read_metrics(tmp_path / "d")
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(math.isfinite(v) for r in rows for v in r.values()), rows
+    # warm-up is linear over 10 optimizer steps: after the first rollout's 2 it is at 3/10 of 2e-4 (8 steps: 9/10)
+    assert rows[0]["train/lr"] == pytest.approx(2e-4 * 3 / 10), rows[0]["train/lr"]
+    assert 0.10 <= rows[0]["eval/accuracy"] <= 0.13, rows[0]["eval/accuracy"]  # README: 11.0% in bf16, 12.0% in float32
+    assert probe_error_fits_tiny_preset_dtype(rows[0]["train/sync_probe_error"]), rows[0]["train/sync_probe_error"]
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags", [
     ["--is-correction", "token_tis", "--clip-ratio-high", "0.28", "--ratio-level", "sequence"],
     ["--is-correction", "none", "--no-skip-zero-signal-groups", "--kl-coef", "0.01", "--advantage", "dr_grpo"],
