@@ -289,11 +289,12 @@ def test_timer_leaves_nothing_behind_and_restores_what_was_there():
 
 
 def test_off_the_main_thread_grades_without_a_timer():
-    response, reference, limit = box("(x+1)^2"), "x^2+2x+1", 0.002  # sympy's simplify takes ~10-50 ms here
+    # sympy's simplify takes ~10-50 ms here (numbers no other test uses: nothing of it is cached yet)
+    response, reference, limit = box("(y+7919)^2"), "y^2+15838y+62710561", 0.002
     assert grade_math(response, reference, time_limit_s=limit).reason == "timeout"  # the main thread: timed
     results: list[MathGrade] = []
     worker = threading.Thread(target=lambda: results.append(grade_math(response, reference, time_limit_s=limit)))
     worker.start()
     worker.join()
-    assert results == [MathGrade(CORRECT_REWARD, "correct", "(x+1)^2")], "another thread: no timer, the grade completes"
+    assert results == [MathGrade(CORRECT_REWARD, "correct", "(y+7919)^2")], "another thread: no timer, it completes"
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
