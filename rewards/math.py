@@ -22,13 +22,13 @@ Where we differ from math-verify alone, and why:
 
 Bounded time on any input. First, cheap caps in linear time: the box is found with `str.rfind`, its content is read at
 most MAX_ANSWER_CHARS characters far (`too_long` past that), and brackets of any kind nest at most MAX_DEPTH deep
-(`too_deep`; bare nested parentheses cost sympy ~0.1 s per level). Then parse and verify run under a wall-clock limit,
-`time_limit_s` (TIME_LIMIT_S = 1 s, the per-answer timeout of the paper's trainer:
+(`too_deep`; math-verify tries several readings of every level of bare parentheses). Then parse and verify run under
+a wall-clock limit, `time_limit_s` (TIME_LIMIT_S = 1 s, the per-answer timeout of the paper's trainer:
 https://github.com/sail-sg/understand-r1-zero/blob/dfca49dd460ee7cc8e4a5a162c876a7fd6993b87/train_zero_math.py#L109),
 reason `timeout`. The limit is a SIGALRM from `setitimer(ITIMER_REAL)`, so it holds where our scripts grade, in the
 main thread of every torchrun rank:
 - sympy can run away (`9^{9^{9}}`, `(10^{6})!`, deep LaTeX); CPython checks for signals inside its long-integer
-  arithmetic too, so even one huge multiplication or power stops at the limit (measured: within a few ms).
+  arithmetic too, so even one huge multiplication, power or factorial stops at the limit.
 - The alarm raises `_Timeout`, a BaseException: math-verify's and sympy's `except Exception` do not swallow it, and
   the timer fires again every REFIRE_S until the call returns, should anything else swallow it (an alarm that lands
   in a `__del__` or a gc callback, where Python cannot raise, is dropped without the usual "Exception ignored").
@@ -217,7 +217,7 @@ def math_reward(response: str, reference: str) -> float:
 
 def _warm_up() -> None:
     """The first calls of a process pay for lazy imports and cold caches (math-verify builds its parser; sympy's
-    simplify imports sympy.physics.units, ~0.6 s): pay here, at import, not inside the first graded calls' limits."""
+    simplify imports sympy.physics.units): pay here, at import, not inside the first graded calls' limits."""
     for answer, reference in (("1", "1"), ("\\sqrt{3}", "\\sqrt{2}"), ("(x+1)^2", "x^2+1"), ("(1, 2)", "[1, 2)"),
                               ("\\{1, 2\\}", "1, 2"), ("y = 2x", "2x"), ("10\\%", "0.1"), ("2\\pi", "6.28"),
                               ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)")):
