@@ -49,8 +49,6 @@ from common.config import (ConfigError, RunArgs, batch_sizes, check_model_source
 
 @dataclass
 class Args(RunArgs):  # RunArgs (common/config.py): outputs, logging, precision, checkpoints, vLLM
-    preset: str = "default"
-    """`default` (Qwen2.5-3B, 8 GPUs) or `tiny` (the shipped tiny model on a 2-core CPU); other flags override it"""
     # ---- model
     model: str = "Qwen/Qwen2.5-Math-7B"  # qwen2.5-math-7b.sh L86
     """policy to train: a local Hugging Face directory or a hub id"""
@@ -474,9 +472,7 @@ def main(args: Args) -> None:
                     policy, [prompt_ids[i] + c.token_ids for i, g in enumerate(groups) for c in g][: args.sync_probe_sequences],
                     bound=args.sync_probe_bound, seed=args.seed, step=step)
         engine.sleep()
-        rollout_stats = rollout_totals(torch.tensor([r for g in grades for r, _ in g]), [why for g in grades for _, why in g],
-                                       torch.tensor([i for i, g in enumerate(groups) for _ in g]), [c for g in groups for c in g],
-                                       REASONS, world)  # every sample of the step, also those dynamic sampling leaves out
+        rollout_stats = rollout_totals(grades, groups, REASONS, world)  # also the samples dynamic sampling leaves out
         if args.dynamic_sampling:  # train on this rank's share of groups, those with signal first, each in draw order
             keep = sorted(sorted(range(len(has_signal)), key=lambda i: not has_signal[i])[:local_prompts])
             problems, prompt_ids, groups, grades = ([x[i] for i in keep] for x in (problems, prompt_ids, groups, grades))

@@ -13,12 +13,10 @@ Departures from the papers, all deliberate:
 - KL to the reference as a loss term (k3, as in GRPO) by default; the classic per-token KL penalty in the reward
   (InstructGPT eq. 2) is available with `--kl-penalty-coef` and is 0 by default, as in oat's run.
 - gamma = lambda = 1 by default (oat's setting): the advantage of token t is then R - V(s_t).
-- Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap between the two is logged
-  (`train/vllm_logprob_gap`, `train/mismatch_kl`), since a silent mismatch is a known failure of colocated RL, and
-  corrected: importance weights against vLLM's log-probs scale the policy-gradient term (`--is-correction`, by
-  default TRL's sequence-level mask; `token_tis` is Yao et al.'s truncated IS), not the KL term. After each weight
-  sync vLLM also re-scores a few samples, and the run stops if those log-probs are not the trainer's
-  (`train/sync_probe_error`).
+- Old-policy log-probs are recomputed by the trainer, not taken from vLLM; the gap is logged (`train/mismatch_kl`)
+  and corrected by importance weights on the policy-gradient term (`--is-correction`: TRL's sequence mask by
+  default, or Yao et al.'s truncated IS). After each weight sync, exact checksums and a log-prob probe stop the run
+  if vLLM does not compute with the trainer's weights (a silent mismatch is a known failure of colocated RL).
 
 Launch:
     torchrun --nproc_per_node 8 ppo_gsm8k.py                            # rho-1b-sft-GSM8K, 8 GPUs
@@ -33,43 +31,20 @@ import json
 import math
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.config import (ConfigError, check_model_source, check_prompt_lengths, check_ranges, check_resume, exact_div,
-                           parse_args, policy_dir)
+from common.config import (ConfigError, RunArgs, batch_sizes, check_model_source, check_prompt_lengths, check_ranges,
+                           check_run_args, parse_args, policy_dir)
 
 
 @dataclass
-class Args:
-    # ---- experiment
-    exp_name: str = "ppo_gsm8k"
-    """name of the run: outputs go to <out_dir>/<exp_name>"""
-    preset: str = "default"
-    """`default` (rho-1b-sft-GSM8K, 8 GPUs) or `tiny` (the shipped tiny model on a 2-core CPU); other flags override it"""
-    seed: int = 1
-    """seeds model init, data order and (with step and rank) vLLM sampling"""
-    out_dir: str = "runs"
-    """metrics.jsonl, samples.jsonl, metrics.png and checkpoints go under <out_dir>/<exp_name>"""
-    track: bool = False
-    """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
-    wandb_project: str = "r1-clean"
-    """wandb project name"""
-    verbose: bool = False
-    """also show vLLM's, torch's and transformers' own messages (routine warnings are silenced by default)"""
+class Args(RunArgs):  # RunArgs (common/config.py): outputs, logging, precision, checkpoints, vLLM
     # ---- model
     model: str = "lkevinzc/rho-1b-sft-GSM8K"
     """policy to train (and the critic's initial backbone): a local Hugging Face directory or a hub id"""
-    bf16: bool = True
-    """compute in bfloat16 with float32 master weights and gradient reduction, and vLLM in bfloat16; on a CPU only
-    where it has AMX (bf16 matrix units), else float32 (see the README's CPU notes)"""
-    activation_checkpointing: bool = True
-    """recompute decoder-layer activations in backward (less memory, ~30% more compute)"""
-    reshard_after_forward: bool = True
-    """FSDP2 frees each layer's gathered weights after forward and gathers them again in backward (least memory);
-    False keeps them until backward: one all-gather fewer per layer and step (small models, CPU)"""
     # ---- data
     dataset: str = "openai/gsm8k"
     """Hugging Face dataset with train and test splits; `use_local_data` reads `local_data_dir` instead"""
@@ -108,6 +83,13 @@ class Args:
     """a longer prompt is an error"""
     max_response_tokens: int = 1024
     """completions are cut here (counted in `rollout/truncated`)"""
+    overlong_buffer: int = 0
+    """L_cache of DAPO's overlong shaping (§3.4): a response within L_cache tokens of --max-response-tokens loses up to
+    --overlong-penalty of reward, linearly (0: off)"""
+    overlong_penalty: float = 1.0
+    """the largest overlong penalty (DAPO: 1)"""
+    mask_truncated: bool = False
+    """DAPO's overlong filtering (§3.4): responses cut at --max-response-tokens leave both losses and their normaliser"""
     # ---- policy update
     mini_batch_size: int = 64
     """samples per optimizer step, over all ranks (P*G/mini_batch_size optimizer steps per epoch)"""
@@ -133,6 +115,9 @@ class Args:
     """PPO clip: ratios outside [1 - c, 1 + c_high] get no gradient"""
     clip_ratio_high: float | None = None
     """c_high, DAPO's clip-higher (0.28 in the paper); None: equal to `clip_ratio`"""
+    dual_clip: float | None = None
+    """c of dual-clip PPO (https://arxiv.org/abs/1912.09729 §4.1): for A < 0 a token's loss is at most -c * A (3 there
+    and in verl); None: off"""
     ratio_level: Literal["token", "sequence"] = "token"
     """PPO ratio per token, or GSPO's one per response, exp(mean over its tokens of logp - logp_old) (clip ~3e-4/4e-4 there)"""
     is_correction: Literal["none", "token_tis", "sequence_mask"] = "sequence_mask"
@@ -153,11 +138,7 @@ class Args:
     """GAE lambda"""
     whiten_advantages: bool = False
     """normalise advantages to mean 0, std 1 over the rollout (all ranks)"""
-    ref_cpu_offload: bool = False
-    """on CUDA, keep the reference model's shards in CPU memory"""
-    logprob_token_budget: int = 16384
-    """padded tokens per micro-batch in the no-grad log-prob passes"""
-    # ---- evaluation, checkpoints
+    # ---- evaluation
     eval_every: int = 50
     """evaluation on the held-out set every N steps (and at the start and the end)"""
     eval_samples_per_prompt: int = 16
@@ -166,30 +147,6 @@ class Args:
     """0 is greedy"""
     eval_top_p: float = 0.9
     """nucleus sampling at evaluation"""
-    eval_samples_logged: int = 4
-    """completions shown in the samples table at each evaluation"""
-    save_every: int = 50
-    """checkpoint every N steps (and at the end); 0 saves only at the end"""
-    resume: str | None = None
-    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from, or `auto`: the newest complete one
-    under <out_dir>/<exp_name>, or a fresh start if there is none (re-submit the same command after a preemption)"""
-    max_nonfinite_skips: int = 10
-    """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
-    skips in a row the run stops with an error (0: never stop)"""
-    eval_only: str | None = None
-    """evaluate a checkpoint folder (its `policy/`) or a model directory on the held-out set, write eval_samples.jsonl, stop"""
-    # ---- vLLM
-    vllm_gpu_memory_utilization: float = 0.35
-    """fraction of GPU memory for vLLM's weights and KV cache while awake"""
-    vllm_tensor_parallel_size: int = 1
-    """GPUs per vLLM replica"""
-    vllm_cpu_kv_cache_gb: float = 1.0
-    """on CPU: KV cache size per rank"""
-    sync_probe_sequences: int = 2
-    """after each weight sync, vLLM re-scores this many of the step's samples per rank and the run stops if its
-    log-probs differ from the trainer's by more than `sync_probe_bound` (`train/sync_probe_error`; 0 turns it off)"""
-    sync_probe_bound: float | None = None
-    """largest accepted |vLLM - trainer| log-prob on those tokens; None: 1e-3 for float32 vLLM, 2.0 for bfloat16"""
 
 
 PRESETS = {
@@ -207,24 +164,21 @@ PRESETS = {
 def check_args(args: Args) -> None:
     """Every setting whose range matters, checked right after parsing, before anything loads: a bad one ends the run
     with one `error:` line naming its flag. To check a new field, add its name to a rule (see common.config)."""
+    check_run_args(args)
     check_ranges(args,
                  positive=("data_passes", "prompts_per_step", "samples_per_prompt", "temperature", "max_prompt_tokens",
                            "max_response_tokens", "mini_batch_size", "micro_batch_size", "epochs_per_rollout",
                            "learning_rate", "critic_learning_rate", "max_grad_norm", "clip_ratio", "value_clip",
-                           "logprob_token_budget", "eval_every", "eval_samples_per_prompt", "vllm_tensor_parallel_size",
-                           "vllm_cpu_kv_cache_gb", "is_cap", "clip_ratio_high", "sync_probe_bound"),
-                 non_negative=("seed", "num_steps", "train_size", "test_size", "critic_warmup_steps", "warmup_steps",
-                               "weight_decay", "kl_coef", "kl_penalty_coef", "eval_temperature", "eval_samples_logged",
-                               "save_every", "is_mask_lower", "max_nonfinite_skips", "sync_probe_sequences"),
+                           "eval_every", "eval_samples_per_prompt", "is_cap", "clip_ratio_high"),
+                 non_negative=("num_steps", "train_size", "test_size", "critic_warmup_steps", "warmup_steps",
+                               "weight_decay", "kl_coef", "kl_penalty_coef", "eval_temperature", "is_mask_lower",
+                               "overlong_buffer", "overlong_penalty"),
                  unit_interval=("gamma", "gae_lambda"),
-                 probability=("top_p", "eval_top_p", "vllm_gpu_memory_utilization"))
+                 probability=("top_p", "eval_top_p"), above_one=("dual_clip",))  # dual clip: its cap lies above the clip's
     if args.is_mask_lower >= args.is_cap:
         raise ConfigError(f"--is-mask-lower {args.is_mask_lower}: must be below --is-cap {args.is_cap}")
-    check_resume(args.resume)
-    if args.eval_only is not None:
-        policy_dir(args.eval_only)
-        if args.resume is not None:
-            raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
+    if args.overlong_buffer >= args.max_response_tokens:
+        raise ConfigError(f"--overlong-buffer {args.overlong_buffer}: must be below --max-response-tokens {args.max_response_tokens}")
 
 
 # The command line is parsed and checked here, before the heavy imports below: torch alone takes ~2 s to import, and
@@ -236,14 +190,15 @@ if __name__ == "__main__":
 import torch  # noqa: E402  (after the settings: see above)
 from tqdm import tqdm  # noqa: E402
 
-from common.checkpoint import load_checkpoint, resume_path, save_checkpoint  # noqa: E402
+from common.checkpoint import resume_state, save_checkpoint  # noqa: E402
 from common.console import quiet_console  # noqa: E402
 from common.dist import (all_reduce_max, exit_process, global_means, init_distributed, print0,  # noqa: E402
                          seed_everything, shutdown_distributed)
-from common.metrics import PhaseTimer, RunLogger, peak_memory_gb, write_eval_report  # noqa: E402
+from common.metrics import (PhaseTimer, RunLogger, add_totals, end_of_step_metrics, evaluate_held_out,  # noqa: E402
+                            mismatch_totals, rollout_totals, summary_line, write_eval_report)
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm,  # noqa: E402
-                          hf_named_parameters, load_critic, load_policy, load_tokenizer, logprobs_in_micro_batches,
-                          pad_batch, select_rows, use_bf16, values_in_micro_batches)
+                          hf_named_parameters, load_critic, load_policy, load_tokenizer, lockstep_micro_batches,
+                          logprobs_in_micro_batches, pad_batch, select_rows, use_bf16, values_in_micro_batches)
 from common.tasks import batch_indices  # noqa: E402
 from common.vllm_engine import ColocatedVLLM  # noqa: E402
 from rewards.gsm8k import extract_answer, gsm8k_reward, parse_reference  # noqa: E402
@@ -301,28 +256,6 @@ def grade(text: str, problem: dict) -> tuple[float, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data order and evaluation (the same for every task)
-# ---------------------------------------------------------------------------------------------------------------
-def evaluate_held_out(engine: ColocatedVLLM, problems: list[dict], prompt_ids: list[list[int]], args: Args, step: int,
-                      device: torch.device) -> tuple[dict[str, float], list[dict]]:
-    """Sample `--eval-samples-per-prompt` completions for each of this rank's held-out problems and grade them.
-    Returns the `eval/` metrics over all ranks (a collective) and this rank's samples, k rows per problem, in order.
-    A grader's reason `no_answer` counts as unreadable in `eval/format_rate`."""
-    k = args.eval_samples_per_prompt
-    groups = engine.generate(prompt_ids, n=k, temperature=args.eval_temperature, top_p=args.eval_top_p,
-                             max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step, stream="eval")
-    grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
-    flat = [r for gr in grades for r in gr]
-    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
-                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
-                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                          "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, device)
-    rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
-            for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
-    return stats, rows
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Algorithm: advantages and loss
 # ---------------------------------------------------------------------------------------------------------------
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
@@ -357,17 +290,20 @@ def value_loss_terms(values, old_values, returns, value_clip: float):
 
 
 def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_ratio: float, clip_ratio_high: float | None = None,
-                      is_weights=None, mask=None, ratio_level: str = "token"):
+                      is_weights=None, mask=None, ratio_level: str = "token", dual_clip: float | None = None):
     """Per-token PPO-clip loss and k3 KL estimate. All inputs (b, l); advantages broadcast per token.
 
     pg = -w * min(ratio * A, clip(ratio, 1 - c, 1 + c_high) * A),  ratio = exp(logp - logp_old)   (PPO eq. 7)
       c_high: DAPO's clip-higher (https://arxiv.org/abs/2503.14476 §3.1), = c when None (PPO)
+      dual_clip c_d: where A < 0, pg is at most -c_d * A before w (dual-clip PPO, https://arxiv.org/abs/1912.09729
+        eq. 5): a token whose ratio exploded stops pushing the loss without bound
       w: the detached importance weight against the sampler (`sampler_correction`), 1 when None
       ratio_level "sequence": GSPO (https://arxiv.org/abs/2507.18071 §4.1) uses one ratio per response,
         exp(mean over its `mask` tokens of logp - logp_old), on each of its tokens (so the loss, a token mean, weights
         responses by length, unlike GSPO's mean over responses)
     kl = exp(ref - logp) - (ref - logp) - 1   (k3: unbiased, always >= 0; http://joschu.net/blog/kl-approx.html)
-    Returns pg (b, l), kl (b, l), clipped (b, l) bool.
+    Returns pg (b, l), kl (b, l), clipped (b, l) bool, dual_clipped (b, l) bool.
+    Example (dual-clip): A = -1, ratio = 5, c = 0.2, c_d = 3: min(-5, -1.2) = -5, so pg = 5, capped at 3.
     """
     c_high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     log_ratio = logprobs - old_logprobs                                         # (b, l)
@@ -378,11 +314,16 @@ def policy_loss_terms(logprobs, old_logprobs, ref_logprobs, advantages, clip_rat
     unclipped = ratio * advantages                                              # (b, l)
     clipped = torch.clamp(ratio, 1 - clip_ratio, 1 + c_high) * advantages       # (b, l)
     pg = -torch.minimum(unclipped, clipped)                                     # (b, l)
+    dual_clipped = torch.zeros_like(pg, dtype=torch.bool)                       # (b, l)
+    if dual_clip is not None:
+        cap = -dual_clip * advantages                                           # (b, l): > 0 where A < 0
+        dual_clipped = (advantages < 0) & (pg > cap)                            # (b, l)
+        pg = torch.where(dual_clipped, cap, pg)                                 # (b, l)
     if is_weights is not None:
         pg = is_weights * pg                                                    # (b, l)
     log_ratio_ref = ref_logprobs - logprobs                                     # (b, l)
     kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1                           # (b, l)
-    return pg, kl, clipped < unclipped
+    return pg, kl, clipped < unclipped, dual_clipped
 
 
 def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float, lower: float = 0.0):
@@ -413,17 +354,22 @@ def sampler_correction(old_logprobs, vllm_logprobs, mask, mode: str, cap: float,
     return weights * mask, (token_ratio > cap) & mask, outside, (torch.expm1(log_ratio) - log_ratio) * mask  # expm1: k3 >= 0 near 0
 
 
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment (https://arxiv.org/abs/2503.14476 §3.4, eq. 13), added to the reward: 0 up to
+    `max_tokens - buffer` tokens, then falling linearly to -penalty at `max_tokens` (longer is cut by generation).
+    lengths (B,) -> (B,). Example: max 20, buffer 10, penalty 1: lengths [5, 10, 15, 20] -> [0, 0, -0.5, -1]."""
+    if buffer == 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    return -penalty * ((lengths.float() - (max_tokens - buffer)).clamp(min=0) / buffer).clamp(max=1.0)
+
+
 def main(args: Args) -> None:
     if args.eval_only is not None:  # derived: the model under evaluation
         args.model = policy_dir(args.eval_only)
     quiet_console(args.verbose)
     dist = init_distributed()
     world = dist.world_size
-    local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
-    rollout_size = args.prompts_per_step * args.samples_per_prompt
-    num_mini = exact_div(rollout_size, args.mini_batch_size, "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
-    local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
-    exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
+    local_prompts, num_mini, local_mini = batch_sizes(args, world)
     check_model_source(args.model)
     run_dir = Path(args.out_dir) / args.exp_name
     seed_everything(args.seed)
@@ -435,28 +381,28 @@ def main(args: Args) -> None:
     if args.num_steps == 0:  # derived: `data_passes` over the training questions
         args.num_steps = math.ceil(args.data_passes * len(train_set) / args.prompts_per_step)
     encode = lambda problem: tokenizer(make_prompt(problem, tokenizer, args.prompt_template)).input_ids
-    test_prompt_ids = [encode(p) for p in test_set[dist.rank:: world]]  # this rank's share, tokenized once
-    first_batch = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)]
-    checked = list(zip(test_prompt_ids, test_set[dist.rank:: world])) + [(encode(p), p) for p in first_batch[dist.rank:: world]]
-    check_prompt_lengths(checked, args.max_prompt_tokens, dist.device)  # one line naming the longest
+    test_share = test_set[dist.rank:: world]  # this rank's share of the held-out set, tokenized once
+    test_prompt_ids = [encode(p) for p in test_share]
+    first = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)][dist.rank:: world]
+    check_prompt_lengths([*zip(test_prompt_ids, test_share), *((encode(p), p) for p in first)], args.max_prompt_tokens,
+                         dist.device)  # one line naming the longest
+    held_out = lambda engine, step: evaluate_held_out(engine, test_share, test_prompt_ids, grade, STOP, args, step, dist.device)
 
     # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
     if args.eval_only is not None:
         engine = ColocatedVLLM.from_args(args, dist)
-        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, 0, dist.device)
-        write_eval_report(run_dir / "eval_samples.jsonl", args.model, stats, rows, args.eval_samples_per_prompt)
+        write_eval_report(run_dir / "eval_samples.jsonl", args.model, *held_out(engine, 0), args.eval_samples_per_prompt)
         engine.shutdown()
         shutdown_distributed()
         return
 
     # ---- models: policy and critic (trained), reference (frozen, for the KL terms), one vLLM engine per rank
-    on_gpu = dist.device.type == "cuda"
     bf16 = use_bf16(args.bf16, dist.device)  # on CPU only with AMX, where it pays
     policy = load_policy(args.model, dist, bf16=bf16, activation_checkpointing=args.activation_checkpointing,
                          reshard_after_forward=args.reshard_after_forward)
     critic = load_critic(args.model, dist, bf16=bf16, activation_checkpointing=args.activation_checkpointing,
                          reshard_after_forward=args.reshard_after_forward)
-    reference = (load_policy(args.model, dist, bf16=bf16, trainable=False, cpu_offload=args.ref_cpu_offload and on_gpu)
+    reference = (load_policy(args.model, dist, bf16=bf16, trainable=False, cpu_offload=args.ref_cpu_offload)
                  if args.kl_coef > 0 or args.kl_penalty_coef > 0 else None)
     optimizer = build_optimizer(policy, args.learning_rate, weight_decay=args.weight_decay)
     critic_optimizer = build_optimizer(critic, args.critic_learning_rate, weight_decay=args.weight_decay)
@@ -466,22 +412,16 @@ def main(args: Args) -> None:
     engine = ColocatedVLLM.from_args(args, dist)
     trained = dict(models={"policy": policy, "critic": critic}, optimizers={"policy": optimizer, "critic": critic_optimizer},
                    schedulers={"policy": scheduler, "critic": critic_scheduler})
-    start_step = 0
-    resume = resume_path(args.resume, run_dir, dist)  # `auto`: this run's newest complete checkpoint, if any
-    if resume:
-        start_step = load_checkpoint(resume, dist, **trained)["step"]
-        print0(f"resumed from {resume} at step {start_step}")
+    start_step = resume_state(args.resume, run_dir, dist, **trained)["step"]  # 0 for a fresh start
     logger = RunLogger(run_dir, asdict(args), enabled=dist.is_main, track=args.track, project=args.wandb_project,
-                       run_name=args.exp_name, resume=resume is not None, start_step=start_step,
-                       console_keys=("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean",
-                                     "train/kl", "train/vllm_logprob_gap", "time/step_s"))
+                       run_name=args.exp_name, resume=start_step > 0, start_step=start_step)
     timer = PhaseTimer(dist.device)
     guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
     eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
-        stats, rows = evaluate_held_out(engine, test_set[dist.rank:: world], test_prompt_ids, args, step, dist.device)
+        stats, rows = held_out(engine, step)
         logger.log_samples(rows[:: args.eval_samples_per_prompt][: args.eval_samples_logged], step)  # 1 per problem
         eval_history.append((step, stats["eval/accuracy"]))
         return stats
@@ -492,18 +432,21 @@ def main(args: Args) -> None:
     for step in progress:
         step_start = time.perf_counter()
         metrics: dict[str, float] = {}
-        # ===== 1. rollout: wake vLLM, push the current weights, (evaluate), sample G completions per question, sleep
+        # ===== 1. rollout: wake vLLM, push the current weights (exactly checked), (evaluate), sample G completions per
+        # question and grade them
         with timer("sync"):
-            engine.wake_and_sync(policy, hf_named_parameters(policy))
+            engine.wake_and_sync(policy, hf_named_parameters(policy), step=step)
         if step % args.eval_every == 0:
             with timer("eval"):
                 metrics.update(evaluate(step))
-        indices = batch_indices(step, args.prompts_per_step, len(train_set), args.seed)
-        problems = [train_set[i] for i in indices[dist.rank * local_prompts: (dist.rank + 1) * local_prompts]]  # this rank's shard
+        shard = batch_indices(step, args.prompts_per_step, len(train_set), args.seed)[dist.rank * local_prompts:][:local_prompts]
+        problems = [train_set[i] for i in shard]  # this rank's shard
         prompt_ids = [encode(p) for p in problems]
         with timer("generate"):
             groups = engine.generate(prompt_ids, n=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
                                      max_tokens=args.max_response_tokens, stop=STOP, seed=args.seed, step=step)
+        with timer("grade"):
+            grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
         if args.sync_probe_sequences:  # vLLM re-scores a few samples: its log-probs must be the trainer's
             with timer("probe"):
                 metrics["train/sync_probe_error"] = engine.probe_sync(
@@ -511,14 +454,17 @@ def main(args: Args) -> None:
                     bound=args.sync_probe_bound, seed=args.seed, step=step)
         engine.sleep()
         samples = [(i, c) for i, g in enumerate(groups) for c in g]
-        group_ids = torch.tensor([i for i, _ in samples])                                               # (B,)
         batch = pad_batch([prompt_ids[i] for i, _ in samples], [c.token_ids for _, c in samples], pad_id)  # (B, L) each
         mask = batch["response_mask"]                                                                   # (B, L)
+        lengths = mask.sum(-1)                                                                          # (B,)
 
-        # ===== 2. grade
-        with timer("grade"):
-            grades = [grade(c.text, problems[i]) for i, c in samples]
-        rewards = torch.tensor([r for r, _ in grades], dtype=torch.float32)                             # (B,)
+        # ===== 2. rewards: the grader's plus DAPO's overlong shaping; with --mask-truncated, responses cut at the length
+        # limit leave the loss
+        penalties = overlong_penalty(lengths, args.max_response_tokens, args.overlong_buffer, args.overlong_penalty)  # (B,)
+        rewards = torch.tensor([r for g in grades for r, _ in g], dtype=torch.float32) + penalties      # (B,)
+        truncated = torch.tensor([c.finish_reason == "length" for _, c in samples])                     # (B,) bool
+        loss_mask = mask & ~truncated[:, None] if args.mask_truncated else mask                         # (B, L)
+        train_rows = loss_mask.any(-1)                                                                  # (B,) bool
 
         # ===== 3. old and reference log-probs and old values (no grad), recomputed by the trainer
         with timer("logprob"):
@@ -531,8 +477,8 @@ def main(args: Args) -> None:
         vllm_logprobs = torch.zeros_like(old_logprobs)                                                  # (B, L)
         vllm_logprobs[mask] = torch.tensor([lp for _, c in samples for lp in c.logprobs])
         # importance weights against the sampler (vLLM), fixed for the whole update: they use no trained quantity
-        is_weights, is_over_cap, is_outside, mismatch_k3 = sampler_correction(
-            old_logprobs, vllm_logprobs, mask, args.is_correction, args.is_cap, args.is_mask_lower)    # (B, L), (B, L), (B,), (B, L)
+        correction = sampler_correction(old_logprobs, vllm_logprobs, loss_mask, args.is_correction, args.is_cap, args.is_mask_lower)
+        is_weights = correction[0]                                                                      # (B, L)
 
         # ===== 4. advantages: the task reward on each response's last token (+ optional KL penalty per token), GAE
         last = (mask * torch.arange(mask.shape[1])).argmax(-1)                                          # (B,)
@@ -546,6 +492,7 @@ def main(args: Args) -> None:
 
         # ===== 5. policy and critic update: epochs x mini-batches x micro-batches, one optimizer step per mini-batch
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # key -> [sum, count] on this rank
+        seq_lengths = batch["attention_mask"].sum(-1).tolist()  # padded tokens a sample brings to a micro-batch
         with timer("train"):
             rng = random.Random(args.seed * 100_003 + step)  # shuffle after advantages are computed, never before
             for _ in range(args.epochs_per_rollout):
@@ -554,19 +501,21 @@ def main(args: Args) -> None:
                     mini = sorted(order[m * local_mini: (m + 1) * local_mini], key=lambda i: -int(mask[i].sum()))  # less padding
                     # loss normaliser over the whole mini-batch on all ranks, so the gradient does not depend on
                     # how the batch is split into micro-batches or ranks (docs/design.md)
-                    normaliser = global_means({"n": (float(mask[mini].sum()), 1.0)}, dist.device)["n"] * world
+                    normaliser = global_means({"n": (float(loss_mask[mini].sum()), 1.0)}, dist.device)["n"] * world
                     mini_loss = 0.0  # this rank's share of the mini-batch loss, for the non-finite guard
-                    for u in range(0, local_mini, args.micro_batch_size):
-                        rows = mini[u: u + args.micro_batch_size]
+                    # FSDP lockstep: a rank with fewer micro-batches (token budget, truncated samples left out) runs its
+                    # shortest sample at zero weight (same graph, no gradient)
+                    for rows in lockstep_micro_batches([i for i in mini if train_rows[i]], seq_lengths, size=args.micro_batch_size,
+                                                       token_budget=args.train_token_budget, device=dist.device):
+                        live, rows = float(bool(rows)), rows or mini[-1:]
                         mb = select_rows(batch, rows, dist.device)
                         l = mb["input_ids"].shape[1]
                         logprobs, entropy = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], args.temperature)  # (b, l)
-                        m_tok = mb["response_mask"].float()                                                  # (b, l)
-                        pg, kl, clipped = policy_loss_terms(logprobs, old_logprobs[rows, :l].to(dist.device),
-                                                            ref_logprobs[rows, :l].to(dist.device),
-                                                            advantages[rows, :l].to(dist.device), args.clip_ratio,
-                                                            args.clip_ratio_high, is_weights[rows, :l].to(dist.device),
-                                                            mb["response_mask"], args.ratio_level)  # (b, l)
+                        m_tok = mb["response_mask"].float() * live                                           # (b, l); 0: stand-in
+                        pg, kl, clipped, dual = policy_loss_terms(
+                            logprobs, old_logprobs[rows, :l].to(dist.device), ref_logprobs[rows, :l].to(dist.device),
+                            advantages[rows, :l].to(dist.device), args.clip_ratio, args.clip_ratio_high,
+                            is_weights[rows, :l].to(dist.device), mb["response_mask"], args.ratio_level, args.dual_clip)  # (b, l)
                         values = critic(mb["input_ids"], mb["attention_mask"])                                   # (b, l)
                         vf, vf_clipped = value_loss_terms(values, old_values[rows, :l].to(dist.device),
                                                           returns[rows, :l].to(dist.device), args.value_clip)       # (b, l)
@@ -575,12 +524,9 @@ def main(args: Args) -> None:
                         # FSDP averages gradients over ranks; we want the sum over ranks of each rank's share
                         (loss * world).backward()
                         mini_loss += loss.item()
-                        n_tok = float(m_tok.sum())
-                        for key, value in (("train/pg_loss", pg), ("train/kl", kl), ("train/entropy", entropy),
-                                           ("train/clip_frac", clipped.float()), ("train/value_loss", vf),
-                                           ("train/value_clip_frac", vf_clipped.float())):
-                            totals[key][0] += float((value.detach() * m_tok).sum())
-                            totals[key][1] += n_tok
+                        add_totals(totals, {"train/pg_loss": pg, "train/kl": kl, "train/entropy": entropy,
+                                            "train/clip_frac": clipped, "train/dual_clip_frac": dual,
+                                            "train/value_loss": vf, "train/value_clip_frac": vf_clipped}, m_tok)
                     grad_norms = [clip_grad_norm(model, args.max_grad_norm) for model in (policy, critic)]
                     finite = guard.all_finite(step, mini_loss, *grad_norms)  # one all-reduce: every rank steps, or none does
                     for name, grad_norm, opt, sched in (("grad_norm", grad_norms[0], optimizer, scheduler),
@@ -593,23 +539,11 @@ def main(args: Args) -> None:
                         opt.zero_grad(set_to_none=True)
 
         # ===== 6. log (one all-reduce for all sums and counts)
-        lengths = mask.sum(-1).float()                                                                  # (B,)
         n = float(len(samples))
-        reasons = Counter(why for _, why in grades)
+        totals.update(rollout_totals(grades, groups, REASONS, world))
+        totals.update(mismatch_totals(vllm_logprobs, old_logprobs, loss_mask, correction, train_rows))
         totals.update({
-            "reward/mean": [float(rewards.sum()), n],
-            "reward/accuracy": [float((rewards == 1.0).sum()), n],
-            "reward/format_rate": [n - reasons["no_answer"], n],
-            **{f"reward/reason_{r}": [float(reasons[r]), n] for r in REASONS},
-            "reward/solved_prompt_frac": [float(len(set(group_ids[rewards == 1.0].tolist()))), float(len(problems))],
-            "rollout/response_len_mean": [float(lengths.sum()), n],
-            "rollout/truncated": [float(sum(c.finish_reason == "length" for _, c in samples)), n],
-            "rollout/tokens": [float(lengths.sum()), 1.0 / world],
-            "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[mask].abs().sum()), float(mask.sum())],
-            "train/mismatch_kl": [float(mismatch_k3.sum()), float(mask.sum())],
-            "train/is_weight_mean": [float(is_weights.sum()), float(mask.sum())],
-            "train/is_truncated_frac": [float(is_over_cap.sum()), float(mask.sum())],
-            "train/is_masked_frac": [float(is_outside.sum()), n],
+            "reward/overlong_penalty": [float(penalties.sum()), n],
             "train/advantage_mean": [float(advantages[mask].sum()), float(mask.sum())],
             "train/advantage_sq": [float((advantages[mask] ** 2).sum()), float(mask.sum())],
             "train/value_mean": [float(old_values[mask].sum()), float(mask.sum())],
@@ -627,15 +561,8 @@ def main(args: Args) -> None:
         residual_var, return_var = variance("residual"), variance("return")
         metrics.pop("train/residual_mean")
         metrics["train/explained_variance"] = 1.0 - residual_var / return_var if return_var > 1e-12 else 0.0  # constant returns
-        times = timer.pop()
-        metrics.update(times)
-        metrics.update({
-            "train/lr": scheduler.get_last_lr()[0],
-            "train/critic_lr": critic_scheduler.get_last_lr()[0],
-            "time/step_s": time.perf_counter() - step_start,
-            "perf/generate_tokens_per_s": metrics["rollout/tokens"] / max(times["time/generate_s"], 1e-9),
-            "perf/peak_mem_gb": peak_memory_gb(dist.device),
-        })
+        metrics.update(end_of_step_metrics(timer, step_start, metrics["rollout/tokens"], dist.device))
+        metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/critic_lr": critic_scheduler.get_last_lr()[0]})
         logger.log(metrics, step)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['reward/accuracy']:.3f}")
 
@@ -645,14 +572,12 @@ def main(args: Args) -> None:
                 save_checkpoint(run_dir / f"step_{step + 1:06d}", dist, **trained, state={"step": step + 1}, tokenizer=tokenizer)
 
     # ===== final evaluation and checkpoint
-    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    engine.wake_and_sync(policy, hf_named_parameters(policy), step=args.num_steps)
     final = evaluate(args.num_steps)
     engine.sleep()
     logger.log(final, args.num_steps)
     save_checkpoint(run_dir / f"step_{args.num_steps:06d}", dist, **trained, state={"step": args.num_steps}, tokenizer=tokenizer)
-    first_step, first_acc = eval_history[0]
-    print0(f"held-out accuracy {100 * first_acc:.1f}% (step {first_step}) -> {100 * final['eval/accuracy']:.1f}% "
-           f"(step {args.num_steps}) in {(time.time() - started) / 60:.1f} min; outputs in {run_dir}")
+    print0(summary_line(eval_history, started, run_dir))
     logger.finish()
     engine.shutdown()
     del policy, critic, reference, optimizer, critic_optimizer, scheduler, critic_scheduler, trained

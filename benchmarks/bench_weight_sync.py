@@ -24,6 +24,8 @@ maximum over ranks, every call starts after a barrier):
   sync          engine.sync_weights(policy, hf_named_parameters(policy)): gather + vLLM reload, interleaved
   gather only   `full_tensor()` of every parameter (of its bf16 cast in bfloat16), in order, dropped: the collectives alone
   reload only   engine.sync_weights fed the already gathered full tensors: vLLM's reload_weights alone
+  check         engine.check_weights(policy, ...): the exact checksums of the trainer's shards and of vLLM's weights
+                (on CPU read back through each linear layer's own matrix product), compared; run after every sync
 2 CPU cores shared with other work: timings are noisy, read the best column first.
 """
 
@@ -160,6 +162,7 @@ def bench(args: Args) -> None:
         "sync": timed(lambda: engine.sync_weights(policy, hf_named_parameters(policy)), args.repeats, dist_info.device),
         "gather only": timed(gather_only, args.repeats, dist_info.device),
         "reload only": timed(lambda: engine.sync_weights(policy, gathered), args.repeats, dist_info.device),
+        "check": timed(lambda: engine.check_weights(policy, hf_named_parameters(policy)), args.repeats, dist_info.device),
     }
     del gathered
 
@@ -181,6 +184,8 @@ def bench(args: Args) -> None:
         best, median = min(times), statistics.median(times)
         print0(f"{name:<12} {best:>8.3f} {median:>9.3f} {best / millions:>16.4f} {median / millions:>18.4f}")
     print0(f"# all sync times: {', '.join(f'{t:.3f}' for t in results['sync'])}")
+    print0(f"# the exact check costs {statistics.median(results['check']) / statistics.median(results['sync']):.0%} of a "
+           f"sync (medians)")
 
     engine.shutdown()
     del policy, engine

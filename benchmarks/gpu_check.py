@@ -1,22 +1,33 @@
 """The GPU path in one command: correctness of the colocated engine, the real scripts, and one 3B-shaped GRPO step.
 
-    python benchmarks/gpu_check.py                    # one NVIDIA GPU with vLLM installed: < 8 min, one table
+    python benchmarks/gpu_check.py                    # one or more NVIDIA GPUs with vLLM installed: <= 12 min, one table
     python benchmarks/gpu_check.py --out-dir logs     # each part's log and JSON result go there (default: a temp dir)
-    python benchmarks/gpu_check.py --skip step3b      # leave parts out (cycles_tied, cycles_untied, grpo, ppo, step3b)
+    python benchmarks/gpu_check.py --skip step3b      # leave parts out (see PARTS)
 
-Parts, each in its own process (one vLLM engine per process), world size 1:
+Parts, each in its own process (one vLLM engine per process); every row of the table is a check with its value, the
+threshold it was held to, and a verdict:
   cycles_tied / cycles_untied  a small random Qwen2 (tied / untied embeddings) under FSDP2 and a colocated vLLM with
-                 sleep mode: 3 cycles of AdamW step -> sleep(level 2) -> wake -> sync -> probe -> generate, the
-                 weight-sync probe (`ColocatedVLLM.probe_sync`) inside its bound every time; then vLLM's weights wiped
-                 (`reset_weights` where the version has it, else a push of zeros) and synced again, which the probe
-                 must pass, proving the sync overwrites every parameter; device memory before sleep, asleep, awake.
+                 sleep mode: 3 cycles of AdamW step -> sleep(level 2) -> wake -> sync -> exact check -> probe ->
+                 generate. Checked each cycle: the exact weight check (`ColocatedVLLM.check_weights`), the probe, and
+                 the decode path (the sampled tokens' log-probs at top-p 1 against the trainer's, after the wake: the
+                 probe runs prefill only). Then a push one optimizer step stale, which the exact check must catch,
+                 and vLLM's weights wiped (`reset_weights` where the version has it, else a push of zeros), which the
+                 probe must see and the next sync must repair. Memory: torch's reserved cache just before each wake
+                 (the engine empties it first: vLLM 0.26 does not), and what sleep leaves resident on the device beyond
+                 the trainer's own memory (CUDA graphs, on 0.26 outside the sleep pool). cycles_untied runs with the
+                 user's allocator settings `PYTORCH_ALLOC_CONF=expandable_segments:True` and checks that they are
+                 the same after the engine is built (vLLM 0.26 rewrote them) and after a sleep/wake cycle.
+  cycles_2gpu    cycles_tied on 2 ranks (torchrun), where the machine has 2 GPUs.
   grpo / ppo     `grpo_countdown.py` / `ppo_gsm8k.py --preset tiny` for a few steps (bf16 on GPU, AMX CPUs):
-                 every metric finite, the probe inside its bound.
+                 every metric finite, the probe inside its bound (each sync passed the exact check, or the run stops).
   step3b         GPU only: one GRPO step of a Qwen2.5-3B-shaped model (random weights; 36 layers, hidden 2048, 16/2
                  heads, intermediate 11008, vocabulary 151,936, tied) at 16 prompts x 8 samples x up to 1,024 new
-                 tokens, one GPU's share of the default 8-GPU run: seconds per phase, generated tokens/s, trainer MFU,
-                 peak memory awake and in training.
-Without CUDA it runs the first four on CPU with tiny models (float32) and says that it skipped step3b.
+                 tokens, one GPU's share of the default 8-GPU run: seconds per phase, the exact check's cost against
+                 the sync, generated tokens/s, trainer MFU with fixed 2-sample micro-batches and with token-budget
+                 micro-batches (`--train-token-budget`), peak memory awake and in training.
+Without CUDA it runs cycles_tied, cycles_untied, grpo and ppo on CPU with tiny models (float32) and says which it
+skipped. Compile caches (torch inductor, Triton, vLLM) are shared by all parts and kept across runs in `--cache-dir`,
+and each part's time limit is cut to what is left of the 12-minute total, so a cold machine finishes in time.
 """
 
 from __future__ import annotations
@@ -33,11 +44,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PARTS = ("cycles_tied", "cycles_untied", "grpo", "ppo", "step3b")
+PARTS = ("cycles_tied", "cycles_untied", "cycles_2gpu", "grpo", "ppo", "step3b")
+BUDGET_S = 12 * 60  # the whole check; each part's limit is cut to what is left
+PART_LIMIT_S = {"cycles_tied": 240, "cycles_untied": 150, "cycles_2gpu": 150, "grpo": 240, "ppo": 240, "step3b": 420}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "B200": 2250.0}  # dense, per GPU
 QWEN25_3B = dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16, num_key_value_heads=2,
                  intermediate_size=11008, vocab_size=151_936, tie_word_embeddings=True, max_position_embeddings=4096,
                  rope_theta=1e6, rms_norm_eps=1e-6)
+RESIDENT_BOUND_GIB = 1.0  # what sleep may leave on the device beyond the trainer's memory (graphs, NCCL, workspaces)
 
 
 def device_used_gib() -> float:
@@ -48,17 +62,28 @@ def device_used_gib() -> float:
     return (total - free) / 2**30
 
 
+def allocator_settings() -> str | None:
+    """torch's CUDA allocator settings in effect (None where this torch cannot tell)."""
+    import torch
+
+    try:
+        return torch._C._accelerator_getAllocatorSettings()
+    except AttributeError:
+        return (torch.cuda.memory._snapshot().get("allocator_settings") or {}).get("PYTORCH_ALLOC_CONF")
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Part: sleep -> wake -> sync cycles with the probe, and the wiped-weights check
+# Part: sleep -> wake -> sync cycles with the exact check, the probe and the decode path; a stale push; a wipe
 # ---------------------------------------------------------------------------------------------------------------
 def part_cycles(tied: bool, work: Path) -> dict:
     import torch
     import vllm
+    from torch.distributed.tensor import DTensor
     from transformers import AutoTokenizer
 
     from common.dist import init_distributed, seed_everything
-    from common.model import build_optimizer, hf_named_parameters, load_policy, pad_batch
-    from common.vllm_engine import ColocatedVLLM
+    from common.model import build_optimizer, hf_named_parameters, load_policy, logprobs_in_micro_batches, pad_batch
+    from common.vllm_engine import ColocatedVLLM, WeightSyncError
     from tests.tiny_lm import save_tiny_qwen2
 
     dist = init_distributed()
@@ -69,45 +94,103 @@ def part_cycles(tied: bool, work: Path) -> dict:
     policy = load_policy(str(model_dir), dist, bf16=on_gpu)
     optimizer = build_optimizer(policy, lr=1e-3)
     used = device_used_gib if on_gpu else (lambda: float("nan"))
+    reserved = (lambda: torch.cuda.memory_reserved() / 2**30) if on_gpu else (lambda: float("nan"))
+    out: dict = {"vllm": vllm.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+                 "ranks": dist.world_size, "alloc_before": allocator_settings() if on_gpu else None}
     trainer_only = used()
-    engine = ColocatedVLLM(str(model_dir), dist, max_model_len=256, gpu_memory_utilization=0.3,
+    engine = ColocatedVLLM(str(model_dir), dist, max_model_len=256, gpu_memory_utilization=0.3, rollout_seqs=6,
                            cpu_kv_cache_bytes=32 * 2**20)
+    out.update(dtype=engine.dtype, bound=engine.probe_bound, alloc_after_build=allocator_settings() if on_gpu else None,
+               probe=[], decode_gap=[], exact=[], reserved_before_wake_gib=[], generated=[])
     prompts = [tok.encode(s) for s in ["Numbers: 3 5 7\n", "The answer is", "<think>"]]
     batch = pad_batch(prompts, [tok.encode(" 42 + 7")] * len(prompts), tok.pad_token_id)
-    out: dict = {"vllm": vllm.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
-                 "dtype": engine.dtype, "bound": engine.probe_bound, "probe": [], "generated": []}
-    engine.wake_and_sync(policy, hf_named_parameters(policy))
-    out["mem_awake_gib"] = used()
-    for cycle in range(3):
+
+    def train_step():
         logprobs, _ = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])   # (B, L)
         (-logprobs.sum() / batch["response_mask"].sum()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def wake_sync_check(push=None) -> str:
+        """Wake, push (the current weights, or `push`), check vLLM against the trainer's current weights, wake the KV
+        cache: "" when the exact check passed, else its message."""
+        out["reserved_before_wake_gib"].append(reserved())
+        engine.wake(["weights"])
+        engine.sync_weights(policy, push if push is not None else hf_named_parameters(policy))
+        try:
+            engine.check_weights(policy, hf_named_parameters(policy))
+            return ""
+        except WeightSyncError as e:
+            return str(e)
+        finally:
+            engine.wake(["kv_cache"])
+
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    out["mem_awake_gib"] = used()
+    for cycle in range(3):
+        train_step()
         engine.sleep()
         out.setdefault("mem_asleep_gib", used())
-        engine.wake_and_sync(policy, hf_named_parameters(policy))
-        sequences = [p + c.token_ids for p, g in zip(prompts, engine.generate(prompts, n=2, max_tokens=16, seed=1, step=cycle)) for c in g]
+        out["exact"].append(wake_sync_check())
+        groups = engine.generate(prompts, n=2, temperature=1.0, top_p=1.0, max_tokens=16, seed=1, step=cycle)
+        sequences = [p + c.token_ids for p, g in zip(prompts, groups) for c in g]
         out["probe"].append(engine.probe_sync(policy, [s for s in sequences if len(s) >= 2], bound=math.inf, step=cycle))
+        # decode path: vLLM's log-probs of the tokens it sampled (top-p 1, temperature 1: raw) against the trainer's
+        done = [(p, c) for p, g in zip(prompts, groups) for c in g if c.token_ids]
+        sampled = pad_batch([p for p, _ in done], [c.token_ids for _, c in done], tok.pad_token_id)      # (B, L)
+        trainer, _ = logprobs_in_micro_batches(policy, sampled, temperature=1.0, max_tokens=4096, device=dist.device)
+        gaps = trainer[sampled["response_mask"]] - torch.tensor([x for _, c in done for x in c.logprobs])  # (N,)
+        out["decode_gap"].append(float(gaps.abs().mean()))
         out["generated"].append(len(sequences))
+    out["alloc_after_cycles"] = allocator_settings() if on_gpu else None
     out["mem_awake_again_gib"] = used()
-    # wipe vLLM's weights, then sync: the probe passes only if the sync wrote every parameter
+    # a push one optimizer step stale: the exact check must stop it
+    stale = [(n, (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()) for n, p in hf_named_parameters(policy)]
+    train_step()
+    engine.sleep()
+    out["stale_caught"] = wake_sync_check(stale)
+    engine.wake_and_sync(policy, hf_named_parameters(policy))
+    # wipe vLLM's weights, then sync: the probe sees the wipe, and the sync repairs every parameter
     try:
         engine.llm.collective_rpc("reset_weights")
         out["wipe"] = "reset_weights"
     except Exception:  # older vLLM (0.26) has no such worker call: push zeros instead
-        engine.sync_weights(policy, ((n, torch.zeros(p.shape, dtype=p.dtype, device=dist.device)) for n, p in hf_named_parameters(policy)))
+        engine.sync_weights(policy, [(n, torch.zeros(p.shape, dtype=p.dtype, device=dist.device)) for n, p in hf_named_parameters(policy)])
         out["wipe"] = "zeros pushed"
-    sequences = [p + tok.encode(" 12 34") for p in prompts]
-    out["probe_wiped"] = engine.probe_sync(policy, sequences, bound=math.inf)
-    engine.wake_and_sync(policy, hf_named_parameters(policy))
-    out["probe_after_wipe"] = engine.probe_sync(policy, sequences, bound=math.inf)
+    probed = [p + tok.encode(" 12 34") for p in prompts]
+    out["probe_wiped"] = engine.probe_sync(policy, probed, bound=math.inf)
+    out["exact_after_wipe"] = wake_sync_check()
+    out["probe_after_wipe"] = engine.probe_sync(policy, probed, bound=math.inf)
     out["mem_trainer_only_gib"] = trainer_only
-    vllm_mem = out["mem_awake_gib"] - trainer_only
-    out["sleep_frees"] = (out["mem_awake_gib"] - out["mem_asleep_gib"]) / vllm_mem if on_gpu and vllm_mem > 0 else float("nan")
-    out["ok"] = (max(out["probe"]) <= engine.probe_bound and out["probe_after_wipe"] <= engine.probe_bound
-                 and out["probe_wiped"] > engine.probe_bound and all(n == 6 for n in out["generated"]))
+    out["resident_asleep_gib"] = out["mem_asleep_gib"] - trainer_only
     engine.shutdown()
     return out
+
+
+def cycles_checks(r: dict) -> list[tuple[str, str, str, bool]]:
+    """(check, value, threshold, passed) rows of a cycles part."""
+    bound = r["bound"]
+    rows = [
+        ("exact check, 3 cycles + after the wipe", "passed" if not any(r["exact"]) and not r["exact_after_wipe"]
+         else (list(filter(None, r["exact"])) or [r["exact_after_wipe"]])[0][:90], "every tensor equal", not any(r["exact"]) and not r["exact_after_wipe"]),
+        ("exact check, a push 1 step stale", "caught" if r["stale_caught"] else "MISSED", "stops the run", bool(r["stale_caught"])),
+        ("probe (mean |gap|), 3 cycles", ", ".join(f"{e:.2g}" for e in r["probe"]), f"<= {bound:g}", max(r["probe"]) <= bound),
+        ("decode path (mean |gap|)", ", ".join(f"{e:.2g}" for e in r["decode_gap"]), f"<= {bound:g}", max(r["decode_gap"]) <= bound),
+        (f"probe after a wipe ({r['wipe']})", f"{r['probe_wiped']:.2g} -> synced {r['probe_after_wipe']:.2g}",
+         f"> {bound:g}, then <= {bound:g}", r["probe_wiped"] > bound and r["probe_after_wipe"] <= bound),
+        ("completions per cycle", ", ".join(map(str, r["generated"])), "6", all(n == 6 for n in r["generated"])),
+    ]
+    if r["device"] != "cpu":
+        resident = r["resident_asleep_gib"]
+        rows += [
+            ("torch reserved before each wake, GiB", ", ".join(f"{x:.2f}" for x in r["reserved_before_wake_gib"]),
+             "emptied by the engine: report", True),
+            ("resident while asleep beyond the trainer, GiB", f"{resident:.2f} (awake {r['mem_awake_gib'] - r['mem_trainer_only_gib']:.2f})",
+             f"<= {RESIDENT_BOUND_GIB}", resident <= RESIDENT_BOUND_GIB),
+            ("allocator settings: before / built / after cycles", f"{r['alloc_before']!r} / {r['alloc_after_build']!r} / "
+             f"{r['alloc_after_cycles']!r}", "all equal", r["alloc_before"] == r["alloc_after_build"] == r["alloc_after_cycles"]),
+        ]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,12 +220,12 @@ def save_random_3b(path: Path) -> Path:
 
 
 def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 1024, prompt_len: int = 150,
-                mini_batch: int = 16, micro_batch: int = 2) -> dict:
+                mini_batch: int = 16, micro_batch: int = 2, token_budget: int = 16384) -> dict:
     import torch
 
     from common.dist import init_distributed, seed_everything
-    from common.model import (build_optimizer, clip_grad_norm, hf_named_parameters, load_policy, logprobs_in_micro_batches,
-                              pad_batch, select_rows)
+    from common.model import (build_optimizer, clip_grad_norm, hf_named_parameters, load_policy, lockstep_micro_batches,
+                              logprobs_in_micro_batches, pad_batch, select_rows)
     from common.vllm_engine import ColocatedVLLM
     from grpo_countdown import group_advantages, policy_loss_terms
 
@@ -152,7 +235,8 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
     policy = load_policy(model_dir, dist, bf16=True, activation_checkpointing=True)
     reference = load_policy(model_dir, dist, bf16=True, trainable=False, cpu_offload=True)  # world of one: shards won't fit
     optimizer = build_optimizer(policy, lr=1e-6)
-    engine = ColocatedVLLM(model_dir, dist, max_model_len=prompt_len + max_new, gpu_memory_utilization=0.25)
+    engine = ColocatedVLLM(model_dir, dist, max_model_len=prompt_len + max_new, gpu_memory_utilization=0.25,
+                           rollout_seqs=prompts * samples)
     n_params = sum(p.numel() for p in policy.parameters())
     times, out = {}, {"params_b": n_params / 1e9, "device": torch.cuda.get_device_name()}
     rng = torch.Generator().manual_seed(0)
@@ -170,7 +254,8 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
     for step in range(2):  # step 0 warms up (first sleep/wake, kernels); step 1 is reported
         times.clear()
         torch.cuda.reset_peak_memory_stats()
-        clock("sync", lambda: engine.wake_and_sync(policy, hf_named_parameters(policy)))
+        clock("sync", lambda: engine.wake_and_sync(policy, hf_named_parameters(policy)))  # push + exact check
+        clock("check", lambda: engine.check_weights(policy, hf_named_parameters(policy)))  # the check alone, again
         out["mem_awake_gib"] = device_used_gib()
         groups = clock("generate", lambda: engine.generate(prompt_ids, n=samples, temperature=1.0, top_p=1.0,
                                                            max_tokens=max_new, seed=0, step=step))
@@ -179,6 +264,7 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
         samples_ = [(i, c) for i, g in enumerate(groups) for c in g]
         batch = pad_batch([prompt_ids[i] for i, _ in samples_], [c.token_ids for _, c in samples_], 0)     # (B, L)
         mask = batch["response_mask"]                                                                       # (B, L)
+        lengths = batch["attention_mask"].sum(-1).tolist()
         old = clock("old_logprobs", lambda: logprobs_in_micro_batches(policy, batch, temperature=1.0, max_tokens=16384,
                                                                         device=dist.device)[0])            # (B, L)
         ref = clock("ref_logprobs", lambda: logprobs_in_micro_batches(reference, batch, temperature=1.0, max_tokens=16384,
@@ -187,11 +273,12 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
         advantages = group_advantages(rewards, torch.tensor([i for i, _ in samples_]), scale_by_std=True)[:, None] * mask
         torch.cuda.reset_peak_memory_stats()
 
-        def train():
+        def train(budget):
+            """The update of grpo_countdown.py: fixed micro-batches of `micro_batch` samples, or `budget` tokens."""
             for m in range(0, len(samples_), mini_batch):
-                normaliser = float(mask[m: m + mini_batch].sum())
-                for u in range(m, m + mini_batch, micro_batch):
-                    rows = list(range(u, u + micro_batch))
+                mini = sorted(range(m, m + mini_batch), key=lambda i: -lengths[i])
+                normaliser = float(mask[mini].sum())
+                for rows in lockstep_micro_batches(mini, lengths, size=micro_batch, token_budget=budget, device=dist.device):
                     mb = select_rows(batch, rows, dist.device)
                     l = mb["input_ids"].shape[1]
                     logprobs, _ = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], 1.0)  # (b, l)
@@ -201,8 +288,11 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
                 clip_grad_norm(policy, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        clock("train", train)
+        clock("train", lambda: train(None))
         out["mem_train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        clock("train_token_budget", lambda: train(token_budget))
+        out["mem_train_budget_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     tokens = int(batch["attention_mask"].sum())
     seq = batch["attention_mask"].sum(-1).float()                                                           # (B,)
     layers, hidden = QWEN25_3B["num_hidden_layers"], QWEN25_3B["hidden_size"]
@@ -210,24 +300,44 @@ def part_step3b(work: Path, prompts: int = 16, samples: int = 8, max_new: int = 
     flops = 6 * n_params * tokens + 12 * layers * hidden * float((seq * seq).sum())
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in out["device"]), float("nan"))
     new_tokens = int(mask.sum())
-    out.update(times_s=dict(times), step_s=sum(times.values()), new_tokens=new_tokens,
+    train_budget_s = times.pop("train_token_budget")
+    out.update(times_s=dict(times), step_s=sum(times.values()) - times["check"], new_tokens=new_tokens,
                generate_tokens_per_s=new_tokens / times["generate"], train_tflops=flops / times["train"] / 1e12,
-               mfu=flops / times["train"] / 1e12 / peak, sync_s=times["sync"])
+               mfu=flops / times["train"] / 1e12 / peak, train_budget_s=train_budget_s, token_budget=token_budget,
+               mfu_budget=flops / train_budget_s / 1e12 / peak, check_share=times["check"] / (times["sync"] - times["check"]))
     engine.shutdown()
     return out
+
+
+def step3b_checks(r: dict) -> list[tuple[str, str, str, bool]]:
+    t = r["times_s"]
+    return [
+        ("step seconds by phase", f"{r['step_s']:.1f} s = " + " + ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "check"),
+         "report", True),
+        ("exact check's cost", f"{t['check']:.2f} s = {100 * r['check_share']:.0f}% of the push", "<= 10%", r["check_share"] <= 0.10),
+        ("generation", f"{r['generate_tokens_per_s']:.0f} new tokens/s ({r['new_tokens']} tokens)", "report", True),
+        ("trainer MFU, 2-sample micro-batches", f"{fmt(100 * r['mfu'], '.0f')}% ({r['train_tflops']:.0f} TFLOP/s, "
+         f"{t['train']:.1f} s, peak {r['mem_train_peak_gib']:.1f} GiB)", "report", True),
+        (f"trainer MFU, {r['token_budget']}-token micro-batches", f"{fmt(100 * r['mfu_budget'], '.0f')}% "
+         f"({r['train_budget_s']:.1f} s, peak {r['mem_train_budget_peak_gib']:.1f} GiB)", "report", True),
+        ("memory awake, GiB", f"{r['mem_awake_gib']:.1f}", "report", True),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Part: the real scripts, tiny presets
 # ---------------------------------------------------------------------------------------------------------------
-def part_script(name: str, work: Path, on_gpu: bool) -> dict:
+def part_script(name: str, work: Path, on_gpu: bool, limit_s: float) -> dict:
     script = {"grpo": "grpo_countdown.py", "ppo": "ppo_gsm8k.py"}[name]
     small = [] if on_gpu else ["--num-steps", "2", "--prompts-per-step", "8", "--samples-per-prompt", "4", "--mini-batch-size", "16",
                                "--micro-batch-size", "8", "--test-size", "16", "--train-size", "256"]
     steps = ["--num-steps", "4"] if on_gpu else []
     cmd = [sys.executable, script, "--preset", "tiny", *small, *steps, "--eval-every", "2", "--out-dir", str(work),
            "--exp-name", name]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(limit_s - 15, 10))
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"{script} did not finish in {limit_s - 15:.0f} s"}
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         return {"ok": False, "error": (proc.stdout + proc.stderr).strip().splitlines()[-1][:200]}
@@ -238,24 +348,41 @@ def part_script(name: str, work: Path, on_gpu: bool) -> dict:
             "eval_accuracy": [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]}
 
 
+def script_checks(r: dict) -> list[tuple[str, str, str, bool]]:
+    return [("steps, every metric finite", f"{r['steps']} steps, finite: {r['finite']}", "all finite", r["finite"]),
+            ("probe (mean |gap|), largest", fmt(r["probe_max"], ".2g"), "< the run's bound (else it stops)", r["steps"] > 0),
+            ("held-out accuracy", ", ".join(fmt(a, ".3f") for a in r["eval_accuracy"]), "report", True)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Driver: one process per part, then one table
 # ---------------------------------------------------------------------------------------------------------------
-def run_part(part: str, out_dir: Path, timeout: int) -> dict:
+def run_part(part: str, out_dir: Path, limit_s: float, cache_dir: Path) -> dict:
     work = out_dir / part
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+           # compiled kernels and captured-graph inputs are reused by every later part and run (a cold machine pays once)
+           "VLLM_CACHE_ROOT": str(cache_dir / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "inductor"),
+           "TRITON_CACHE_DIR": str(cache_dir / "triton")}
+    if part == "cycles_untied":  # a user's allocator settings for the trainer: vLLM must leave them as they were
+        env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    launcher = ([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+                if part == "cycles_2gpu" else [sys.executable])
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--part", part, "--out-dir", str(work)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([*launcher, __file__, "--part", part, "--out-dir", str(work), "--limit-s", str(limit_s)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit_s)
         (work / "log.txt").write_text(proc.stdout + proc.stderr)
         result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {
             "ok": False, "error": ((proc.stdout + proc.stderr).strip().splitlines() or ["no output"])[-1][:200]}
     except subprocess.TimeoutExpired:
-        result = {"ok": False, "error": f"timed out after {timeout} s"}
+        result = {"ok": False, "error": f"timed out after {limit_s:.0f} s"}
     result["wall_s"] = time.perf_counter() - start
+    if "error" not in result:
+        result["checks"] = (cycles_checks(result) if part.startswith("cycles") else
+                            step3b_checks(result) if part == "step3b" else script_checks(result))
+        result["ok"] = all(passed for *_, passed in result["checks"])
     return result
 
 
@@ -263,34 +390,28 @@ def fmt(x, spec=".3g") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def print_table(results: dict, skipped: list[str]) -> None:
-    print(f"\n{'part':<15}{'ok':<6}{'wall s':>8}  details")
+def print_table(results: dict, skipped: dict[str, str]) -> None:
+    """One row per check: part, verdict, value, threshold; a part that failed to run is one row with its error."""
+    print(f"\n{'part':<22}{'verdict':<9}{'check':<48}{'value':<60}threshold")
     for part, r in results.items():
         if "error" in r:
-            details = r["error"]
-        elif part.startswith("cycles"):
-            details = (f"{r['dtype']} probe {', '.join(fmt(e, '.2g') for e in r['probe'])} (bound {fmt(r['bound'], '.0e')}); "
-                       f"wiped ({r['wipe']}) {fmt(r['probe_wiped'], '.2g')} -> synced {fmt(r['probe_after_wipe'], '.2g')}; "
-                       f"GiB trainer {fmt(r['mem_trainer_only_gib'], '.2f')} awake {fmt(r['mem_awake_gib'], '.2f')} "
-                       f"asleep {fmt(r['mem_asleep_gib'], '.2f')} (sleep frees {fmt(100 * r['sleep_frees'], '.0f')}%)")
-        elif part == "step3b":
-            t = r["times_s"]
-            details = (f"step {r['step_s']:.1f} s = " + " + ".join(f"{k} {v:.1f}" for k, v in t.items())
-                       + f"; {r['generate_tokens_per_s']:.0f} new tok/s; train {r['train_tflops']:.0f} TFLOP/s "
-                       f"(MFU {fmt(100 * r['mfu'], '.0f')}%); GiB awake {r['mem_awake_gib']:.1f}, train peak {r['mem_train_peak_gib']:.1f}")
-        else:
-            details = (f"{r['steps']} steps, metrics finite: {r['finite']}, probe max {fmt(r['probe_max'], '.2g')}, "
-                       f"eval accuracy {', '.join(fmt(a, '.3f') for a in r['eval_accuracy'])}")
-        print(f"{part:<15}{'yes' if r.get('ok') else 'NO':<6}{r['wall_s']:>8.0f}  {details}")
-    for part in skipped:
-        print(f"{part:<15}{'skip':<6}{'':>8}  {'needs CUDA' if part == 'step3b' else 'left out (--skip)'}")
+            print(f"{part + ' (' + format(r['wall_s'], '.0f') + ' s)':<22}{'FAIL':<9}{'ran to the end':<48}{r['error']}")
+            continue
+        for i, (check, value, threshold, passed) in enumerate(r["checks"]):
+            name = f"{part} ({r['wall_s']:.0f} s)" if i == 0 else ""
+            print(f"{name:<22}{'pass' if passed else 'FAIL':<9}{check:<48}{value:<60}{threshold}")
+    for part, why in skipped.items():
+        print(f"{part:<22}{'skip':<9}{why}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=None, help="logs and results (default: a temporary directory)")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "r1-clean-gpu-check"),
+                        help="compile caches shared by the parts and kept across runs")
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part in this process
+    parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="gpu_check_"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,28 +420,38 @@ def main() -> None:
 
         on_gpu = torch.cuda.is_available()
         if args.part.startswith("cycles"):
-            result = part_cycles(args.part == "cycles_tied", out_dir)
+            result = part_cycles(args.part != "cycles_untied", out_dir)
         elif args.part == "step3b":
             result = part_step3b(out_dir)
         else:
-            result = part_script(args.part, out_dir, on_gpu)
-        (out_dir / "result.json").write_text(json.dumps(result))
+            result = part_script(args.part, out_dir, on_gpu, args.limit_s)
         from common.dist import exit_process, shutdown_distributed
 
+        if int(os.environ.get("RANK", "0")) == 0:
+            (out_dir / "result.json").write_text(json.dumps(result))
         shutdown_distributed()
         exit_process()  # skip Python's teardown of torch and vLLM (seconds)
     import torch
 
     on_gpu = torch.cuda.is_available()
-    skipped = [p for p in PARTS if p in args.skip or (p == "step3b" and not on_gpu)]
-    timeouts = {"step3b": 300} if on_gpu else {}
-    print(f"gpu_check: {'CUDA ' + torch.cuda.get_device_name() if on_gpu else 'no CUDA: CPU mode, tiny models, float32'}; "
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    skipped = {p: "left out (--skip)" for p in PARTS if p in args.skip}
+    if not on_gpu:
+        skipped["step3b"] = "needs CUDA"
+    if gpus < 2:
+        skipped["cycles_2gpu"] = "needs 2 GPUs"
+    print(f"gpu_check: {'CUDA ' + torch.cuda.get_device_name() + f' x {gpus}' if on_gpu else 'no CUDA: CPU mode, tiny models, float32'}; "
           f"torch {torch.__version__}; logs in {out_dir}", flush=True)
-    results = {}
+    results, started = {}, time.perf_counter()
     for part in PARTS:
-        if part not in skipped:
-            results[part] = run_part(part, out_dir, timeouts.get(part, 240))
-            print(f"  {part}: {'ok' if results[part].get('ok') else 'FAILED'} in {results[part]['wall_s']:.0f} s", flush=True)
+        if part in skipped:
+            continue
+        left = BUDGET_S - (time.perf_counter() - started)
+        if left < 60:
+            skipped[part] = f"no time left of the {BUDGET_S // 60}-minute budget"
+            continue
+        results[part] = run_part(part, out_dir, min(PART_LIMIT_S[part], left), Path(args.cache_dir))
+        print(f"  {part}: {'ok' if results[part].get('ok') else 'FAILED'} in {results[part]['wall_s']:.0f} s", flush=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     print_table(results, skipped)
     sys.exit(0 if all(r.get("ok") for r in results.values()) else 1)

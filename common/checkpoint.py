@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.dist import DistInfo
+from common.dist import DistInfo, print0
 
 # torch.distributed.checkpoint is imported inside the functions: it takes ~1 s, and `--help` should not wait for it.
 
@@ -131,3 +131,15 @@ def resume_path(resume: str | None, run_dir: Path, dist_info: DistInfo) -> Path 
     found = [str(latest_checkpoint(run_dir) or "") if dist_info.is_main else None]
     dist.broadcast_object_list(found, src=0)
     return Path(found[0]) if found[0] else None
+
+
+def resume_state(resume: str | None, run_dir: Path, dist_info: DistInfo, **trained) -> dict:
+    """Continue where `--resume` says (`resume_path`): load that checkpoint into `trained` (models, optimizers,
+    schedulers, as `save_checkpoint` takes them) and return its saved state, or {"step": 0} for a fresh start.
+    Collective."""
+    path = resume_path(resume, run_dir, dist_info)
+    if path is None:
+        return {"step": 0}
+    state = load_checkpoint(path, dist_info, **trained)
+    print0(f"resumed from {path} at step {state['step']}")
+    return state

@@ -9,11 +9,79 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import tyro
 
 T = TypeVar("T")
+
+
+@dataclass
+class RunArgs:
+    """The settings every script shares: outputs and logging, precision and memory, checkpoints, the vLLM engine.
+    A script's `Args` extends it with its task and its algorithm (`class Args(RunArgs)`); `--help` lists both, these
+    first, and `check_run_args` checks their ranges."""
+    # ---- experiment
+    preset: str = "default"
+    """`default`: the script's full run on 8 GPUs (the defaults listed); `tiny`: the shipped tiny model on a 2-core
+    CPU; other flags override either"""
+    exp_name: str = ""
+    """name of the run: outputs go to <out_dir>/<exp_name> (default: the script's file name)"""
+    seed: int = 1
+    """seeds model init, data order and (with step and rank) vLLM sampling"""
+    out_dir: str = "runs"
+    """metrics.jsonl, samples.jsonl, metrics.png and checkpoints go under <out_dir>/<exp_name>"""
+    track: bool = False
+    """also log to Weights & Biases (WANDB_MODE=offline works without an account)"""
+    wandb_project: str = "r1-clean"
+    """wandb project name"""
+    verbose: bool = False
+    """also show vLLM's, torch's and transformers' own messages (routine warnings are silenced by default)"""
+    # ---- precision and memory
+    bf16: bool = True
+    """compute in bfloat16 with float32 master weights and gradient reduction, and vLLM in bfloat16; on a CPU only
+    where it has AMX (bf16 matrix units), else float32 (docs/cpu_performance.md)"""
+    activation_checkpointing: bool = True
+    """recompute decoder-layer activations in backward (less memory, ~30% more compute)"""
+    reshard_after_forward: bool = True
+    """FSDP2 frees each layer's gathered weights after forward and gathers them again in backward (least memory);
+    False keeps them until backward: one all-gather fewer per layer and step (small models, CPU)"""
+    ref_cpu_offload: bool = False
+    """keep the reference model's shards in CPU memory between uses (frees GPU memory; no gain on a CPU)"""
+    logprob_token_budget: int = 16384
+    """padded tokens per micro-batch in the no-grad log-prob passes"""
+    train_token_budget: int | None = None
+    """cut the update's micro-batches by padded tokens (at most this many each; a longer sample goes alone) instead of
+    by --micro-batch-size samples (None)"""
+    # ---- checkpoints, evaluation output
+    save_every: int = 50
+    """checkpoint every N steps (and at the end); 0 saves only at the end"""
+    resume: str | None = None
+    """a checkpoint folder (<out_dir>/<exp_name>/step_XXXXXX) to continue from, or `auto`: the newest complete one
+    under <out_dir>/<exp_name>, or a fresh start if there is none (re-submit the same command after a preemption)"""
+    max_nonfinite_skips: int = 10
+    """a non-finite loss or gradient norm on any rank skips that optimizer step on every rank; after this many
+    skips in a row the run stops with an error (0: never stop)"""
+    eval_only: str | None = None
+    """evaluate a checkpoint folder (its `policy/`) or a model directory on the held-out set, write eval_samples.jsonl, stop"""
+    eval_samples_logged: int = 4
+    """completions shown in the samples table at each evaluation"""
+    # ---- vLLM
+    vllm_gpu_memory_utilization: float = 0.35
+    """fraction of GPU memory for vLLM's weights and KV cache while awake"""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs per vLLM replica"""
+    vllm_cpu_kv_cache_gb: float = 1.0
+    """on CPU: KV cache size per rank"""
+    sync_probe_sequences: int = 2
+    """after each weight sync (which an exact checksum comparison checks), vLLM re-scores this many of the step's
+    samples per rank and the run stops if its log-probs differ from the trainer's by more than `sync_probe_bound`
+    on average (`train/sync_probe_error`; 0 turns the probe off)"""
+    sync_probe_bound: float | None = None
+    """largest accepted mean |vLLM - trainer| log-prob on those tokens; None: `PROBE_BOUND` of vLLM's dtype
+    (common/vllm_engine.py)"""
 
 
 class ConfigError(SystemExit):
@@ -33,7 +101,10 @@ def parse_args(args_type: type[T], presets: dict[str, T]) -> T:
     name = argv[flags[-1] + 1] if flags else "default"  # the last one wins, as for any flag
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
-    return tyro.cli(args_type, default=presets[name], args=argv)
+    args = tyro.cli(args_type, default=presets[name], args=argv)
+    if hasattr(args, "exp_name") and not args.exp_name:  # derived: a script (or a fork) names its runs after its file
+        args.exp_name = Path(sys.argv[0]).stem
+    return args
 
 
 def flag(field: str) -> str:
@@ -47,6 +118,7 @@ RANGE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "non_negative": (lambda v: v >= 0, "must be >= 0"),
     "probability": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "unit_interval": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "above_one": (lambda v: v > 1, "must be > 1"),
 }
 
 
@@ -63,6 +135,20 @@ def check_ranges(args, **fields_by_rule: tuple[str, ...]) -> None:
             value = getattr(args, field)
             if value is not None and not all(holds(v) for v in (value if isinstance(value, tuple) else (value,))):
                 raise ConfigError(f"{flag(field)} {value}: {requirement}")
+
+
+def check_run_args(args: RunArgs) -> None:
+    """The ranges of `RunArgs`' fields, and the flags they must not be combined with: one `error:` line, before
+    anything loads. Each script's `check_args` calls it first."""
+    check_ranges(args, positive=("logprob_token_budget", "train_token_budget", "vllm_tensor_parallel_size",
+                                 "vllm_cpu_kv_cache_gb", "sync_probe_bound"),
+                 non_negative=("seed", "eval_samples_logged", "save_every", "max_nonfinite_skips", "sync_probe_sequences"),
+                 probability=("vllm_gpu_memory_utilization",))
+    check_resume(args.resume)
+    if args.eval_only is not None:
+        policy_dir(args.eval_only)
+        if args.resume is not None:
+            raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
 
 
 def check_resume(path: str | None) -> None:
@@ -95,6 +181,21 @@ def exact_div(a: int, b: int, what: str) -> int:
     if b <= 0 or a % b != 0:
         raise ConfigError(f"{what}: {a} is not divisible by {b}")
     return a // b
+
+
+def batch_sizes(args, world: int) -> tuple[int, int, int]:
+    """A script's batch arithmetic over `world` ranks, each an exact division or a one-line error: (prompts per rank,
+    mini-batches per rollout, samples per rank and mini-batch). `args`: prompts_per_step, samples_per_prompt,
+    mini_batch_size, micro_batch_size.
+
+    prompts 64, samples 8, mini-batch 256, micro-batch 128, 2 ranks -> (32, 2, 128)
+    """
+    local_prompts = exact_div(args.prompts_per_step, world, "--prompts-per-step over ranks (each rank owns whole groups)")
+    num_mini = exact_div(args.prompts_per_step * args.samples_per_prompt, args.mini_batch_size,
+                         "rollout samples (prompts_per_step * samples_per_prompt) by --mini-batch-size")
+    local_mini = exact_div(args.mini_batch_size, world, "--mini-batch-size over ranks")
+    exact_div(local_mini, args.micro_batch_size, "per-rank mini-batch (mini_batch_size / world) by --micro-batch-size")
+    return local_prompts, num_mini, local_mini
 
 
 def check_model_source(name_or_path: str, flag: str = "--model") -> None:

@@ -72,7 +72,11 @@ def seed_everything(seed: int) -> None:
 SEED_STREAMS = {"rollout": 0, "eval": 1, "probe": 2}  # the vLLM calls of one step; each gets its own seeds
 
 
-def sampling_seed(seed: int, step: int, rank: int, request: int, n: int = 1, stream: str = "rollout") -> int:
+TURN_STRIDE = 2**14  # multi-turn rollouts: turn t's completions take [t * 2**14, (t + 1) * 2**14) of a rank's 2**20
+
+
+def sampling_seed(seed: int, step: int, rank: int, request: int, n: int = 1, stream: str = "rollout",
+                  turn: int | None = None) -> int:
     """The vLLM seed of request `request` (an `n`-sample request) of `rank` at `step`, in a layout where no two
     completions of one step share a random stream.
 
@@ -86,13 +90,23 @@ def sampling_seed(seed: int, step: int, rank: int, request: int, n: int = 1, str
     differ in the low 32 bits; across steps the full seeds differ too (on CPU the per-step offset makes a shared
     stream between two steps rare, not impossible). It depends on nothing else, so a resumed run draws the same.
 
+    Multi-turn rollouts (`turn` given; `request` = the trajectory's index, whatever else is still running) split a
+    rank's 2**20 completions of a stream into 64 turns of 2**14: turn t adds t * 2**14. Turn 0 is the single-turn
+    layout itself, so a trajectory's first turn draws what a one-turn rollout of the same request would.
+
     >>> sampling_seed(1, 0, 0, request=1, n=4) - sampling_seed(1, 0, 0, request=0, n=4)
     4
+    >>> sampling_seed(1, 0, 0, request=3, turn=2) - sampling_seed(1, 0, 0, request=3, turn=0)
+    32768
     """
     assert 0 <= rank < 2**10, f"rank {rank}: at most 1024 ranks have disjoint seeds"
     assert n >= 1 and request >= 0 and (request + 1) * n <= 2**20, f"request {request} x n={n}: over 2**20 completions"
+    if turn is not None:
+        assert 0 <= turn < 2**20 // TURN_STRIDE, f"turn {turn}: at most {2**20 // TURN_STRIDE} turns have disjoint seeds"
+        assert (request + 1) * n <= TURN_STRIDE, f"request {request} x n={n}: over {TURN_STRIDE} completions in one turn"
+    first = request * n + (turn or 0) * TURN_STRIDE  # index of the request's first completion in the rank's stream
     offset = (seed * 0x85EBCA6B + step * 0x9E3779B9) % 2**32  # odd multipliers: consecutive steps land far apart
-    low = (offset + (SEED_STREAMS[stream] * 2**10 + rank) * 2**20 + request * n) % 2**32
+    low = (offset + (SEED_STREAMS[stream] * 2**10 + rank) * 2**20 + first) % 2**32
     return ((seed * 0xC2B2AE35 + step) % 2**30) * 2**33 + low
 
 

@@ -15,14 +15,14 @@ import json
 import math
 import resource
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common.dist import gather_to_main, print0
+from common.dist import gather_to_main, global_means, print0
 
 # The panels of metrics.png: (title, keys on the left y axis, keys on a right y axis: for another scale)
 PLOT_PANELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -32,6 +32,10 @@ PLOT_PANELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("entropy and KL", ("train/entropy",), ("train/kl",)),
     ("seconds per step", ("time/step_s",), ()),
 )
+
+# What the console line of a step shows (every metric goes to metrics.jsonl)
+CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "eval/accuracy", "rollout/response_len_mean", "train/kl",
+                "train/vllm_logprob_gap", "time/step_s")
 
 
 class PhaseTimer:
@@ -70,7 +74,7 @@ class RunLogger:
     """Console line + JSONL + optional wandb, on rank 0 only (every method is a no-op when `enabled` is False)."""
 
     def __init__(self, out_dir: str | Path, config: dict, *, enabled: bool, track: bool = False,
-                 project: str = "", run_name: str = "", console_keys: tuple[str, ...] = (), resume: bool = False,
+                 project: str = "", run_name: str = "", console_keys: tuple[str, ...] = CONSOLE_KEYS, resume: bool = False,
                  start_step: int = 0):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
@@ -173,3 +177,87 @@ def write_eval_report(path: Path, model: str, stats: dict[str, float], rows: lis
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     print0(f"{model}: held-out accuracy {100 * stats['eval/accuracy']:.1f}% | pass@{k} {100 * stats['eval/pass_at_k']:.1f}% | "
            f"format rate {100 * stats['eval/format_rate']:.1f}% ({len(rows) // k} problems x {k} samples); samples in {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bookkeeping of a step's metrics: {key: [sum, count]} on each rank, reduced over ranks by `global_means`
+# ---------------------------------------------------------------------------------------------------------------
+def rollout_totals(grades: list[list[tuple[float, str]]], groups: list[list], reason_names: tuple[str, ...],
+                   world: int) -> dict[str, list[float]]:
+    """The `reward/` and `rollout/` metrics of this rank's samples (see docs/metrics.md): `grades[i][j]` is the grader's
+    (reward, reason) of completion `groups[i][j]` (a `Completion`) of prompt i; reward 1.0 counts as correct."""
+    rewards = [r for g in grades for r, _ in g]
+    counts = Counter(why for g in grades for _, why in g)
+    completions = [c for g in groups for c in g]
+    n, tokens = float(len(rewards)), float(sum(len(c.token_ids) for c in completions))
+    return {
+        "reward/mean": [sum(rewards), n],
+        "reward/accuracy": [float(sum(r == 1.0 for r in rewards)), n],
+        "reward/format_rate": [n - counts["no_answer"], n],
+        **{f"reward/reason_{r}": [float(counts[r]), n] for r in reason_names},
+        "reward/solved_prompt_frac": [float(sum(any(r == 1.0 for r, _ in g) for g in grades)), float(len(grades))],
+        "rollout/response_len_mean": [tokens, n],
+        "rollout/truncated": [float(sum(c.finish_reason == "length" for c in completions)), n],
+        "rollout/tokens": [tokens, 1.0 / world],
+    }
+
+
+def mismatch_totals(vllm_logprobs: torch.Tensor, old_logprobs: torch.Tensor, scored: torch.Tensor,
+                    correction: tuple[torch.Tensor, ...], rows: torch.Tensor) -> dict[str, list[float]]:
+    """The sampler-mismatch metrics (`train/vllm_logprob_gap`, `mismatch_kl`, `is_*`) over the `scored` (B, L) tokens
+    of the `rows` (B,) that went through the update; `correction`: what `sampler_correction` returned."""
+    weights, over_cap, outside, k3 = correction
+    tokens = float(scored.sum())
+    return {
+        "train/vllm_logprob_gap": [float((vllm_logprobs - old_logprobs)[scored].abs().sum()), tokens],
+        "train/mismatch_kl": [float(k3.sum()), tokens],
+        "train/is_weight_mean": [float(weights.sum()), tokens],
+        "train/is_truncated_frac": [float(over_cap.sum()), tokens],
+        "train/is_masked_frac": [float((outside & rows).sum()), float(rows.sum())],
+    }
+
+
+def add_totals(totals: dict[str, list[float]], values: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
+    """Accumulate weighted sums of per-token values (b, l) into `totals` ({key: [sum, count]}); weight (b, l)."""
+    count = float(weight.sum())
+    for key, value in values.items():
+        totals[key][0] += float((value.detach().float() * weight).sum())
+        totals[key][1] += count
+
+
+def end_of_step_metrics(timer: "PhaseTimer", step_start: float, rollout_tokens: float, device: torch.device) -> dict[str, float]:
+    """`time/` (each phase, and the whole step since `step_start`) and `perf/` metrics; resets the timer."""
+    times = timer.pop()
+    return {**times, "time/step_s": time.perf_counter() - step_start,
+            "perf/generate_tokens_per_s": rollout_tokens / max(times.get("time/generate_s", 0.0), 1e-9),
+            "perf/peak_mem_gb": peak_memory_gb(device)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out evaluation (the same for every single-turn task: the script passes its grader)
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate_held_out(engine, problems: list[dict], prompt_ids: list[list[int]], grade, stop: list[str], args, step: int,
+                      device: torch.device) -> tuple[dict[str, float], list[dict]]:
+    """Sample `args.eval_samples_per_prompt` completions (at `eval_temperature`, `eval_top_p`, up to
+    `max_response_tokens`) for each of this rank's held-out problems and `grade` them. Returns the `eval/` metrics over
+    all ranks (a collective) and this rank's samples, k rows per problem, in order. A reason `no_answer` counts as
+    unreadable in `eval/format_rate`."""
+    k = args.eval_samples_per_prompt
+    groups = engine.generate(prompt_ids, n=k, temperature=args.eval_temperature, top_p=args.eval_top_p,
+                             max_tokens=args.max_response_tokens, stop=stop, seed=args.seed, step=step, stream="eval")
+    grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
+    flat = [r for gr in grades for r in gr]
+    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
+                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
+                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
+                          "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, device)
+    rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
+            for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
+    return stats, rows
+
+
+def summary_line(eval_history: list[tuple[int, float]], started: float, run_dir: Path) -> str:
+    """The last line of a run: held-out accuracy at the first and the last evaluation, minutes since `started`."""
+    (first_step, first), (last_step, last) = eval_history[0], eval_history[-1]
+    return (f"held-out accuracy {100 * first:.1f}% (step {first_step}) -> {100 * last:.1f}% (step {last_step}) in "
+            f"{(time.time() - started) / 60:.1f} min; outputs in {run_dir}")

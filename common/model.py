@@ -166,7 +166,8 @@ def fsdp_shard(model: nn.Module, layers: nn.ModuleList, dist_info: DistInfo, *, 
 
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # pinned host memory speeds up copies to a GPU; without one there is nothing to pin (and pinning raises)
+    offload = CPUOffloadPolicy(pin_memory=dist_info.device.type == "cuda") if cpu_offload else OffloadPolicy()
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=reshard_after_forward)
@@ -200,7 +201,7 @@ def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInf
     full = dict(model.named_parameters()) if dist_info.is_main else {}  # rank 0's full tensors, until scattered
     fsdp_shard(model, layers, dist_info, bf16=bf16, cpu_offload=cpu_offload, reshard_after_forward=reshard_after_forward)
     if not dist_info.is_main:  # allocate the (uninitialised) shards and buffers; the scatter fills them
-        model.to_empty(device=torch.device("cpu") if cpu_offload else dist_info.device)
+        materialize(model, dist_info.device, cpu_offload)
     world, device = dist_info.world_size, dist_info.device
     for name, param in model.named_parameters():  # the same names in the same order on every rank
         assert isinstance(param, DTensor) and param.placements == (Shard(0),), f"{name}: not an FSDP2 dim-0 shard"
@@ -215,9 +216,20 @@ def shard_from_rank0(model: nn.Module, layers: nn.ModuleList, dist_info: DistInf
         local = param.to_local()                                                    # this rank's rows (maybe 0)
         local.copy_(received[: local.shape[0]])
         del received, pieces
-    for buffer in model.buffers():
+    for buffer in model.buffers():  # on the group's device (NCCL takes no CPU tensor), as FSDP2 placed rank 0's
         dist.broadcast(buffer, src=0)
     return model
+
+
+def materialize(model: nn.Module, device: torch.device, cpu_offload: bool) -> None:
+    """Allocate a meta-device model sharded by `fsdp_shard` where FSDP2 keeps its states: parameters on `device`, or in
+    CPU memory with `cpu_offload` (FSDP2 requires them there), and buffers on `device` in both cases, as
+    `fully_shard` moved rank 0's. (`to_empty(device="cpu")` alone left an offloaded model's rotary tables on the CPU:
+    NCCL then refused to broadcast them and the forward pass would have mixed devices.)"""
+    model.to_empty(device=torch.device("cpu") if cpu_offload else device)
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)  # as nn.Module._apply moves buffers
 
 
 def use_bf16(requested: bool, device: torch.device) -> bool:
@@ -377,15 +389,21 @@ class NonFiniteGuard:
 # ---------------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------------
-def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+              response_masks: list[list[bool]] | None = None) -> dict[str, torch.Tensor]:
     """Right-pad prompt + response sequences into (B, L) tensors.
 
     Example: prompts [[5, 6], [7]], responses [[8], [9, 10]], pad 0 ->
       input_ids      [[5, 6, 8], [7, 9, 10]]
       attention_mask [[1, 1, 1], [1, 1, 1]]
       response_mask  [[0, 0, 1], [0, 1, 1]]
+    `response_masks` (one bool per response token) narrows response_mask to the True tokens, e.g. the tokens a
+    multi-turn rollout sampled, leaving a tool's output as context: with [[True], [False, True]] above,
+    response_mask [[0, 0, 1], [0, 0, 1]].
     """
     assert len(prompts) == len(responses), f"{len(prompts)} prompts but {len(responses)} responses"
+    assert response_masks is None or [len(m) for m in response_masks] == [len(r) for r in responses], \
+        "one response_masks entry per response token"
     length = max(len(p) + len(r) for p, r in zip(prompts, responses))
     input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)   # (B, L)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)     # (B, L)
@@ -394,7 +412,8 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
         assert len(p) > 0, "every sequence needs at least one prompt token"
         input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
         attention_mask[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p): len(p) + len(r)] = True
+        response_mask[i, len(p): len(p) + len(r)] = (True if response_masks is None
+                                                     else torch.tensor(response_masks[i], dtype=torch.bool))
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
@@ -421,6 +440,32 @@ def token_budget_micro_batches(lengths: list[int], max_tokens: int, device: torc
         else:
             batches.append([i])
     count = max(1, all_reduce_max(len(batches), device) if dist.is_initialized() else len(batches))
+    return batches + [[] for _ in range(count - len(batches))]
+
+
+def lockstep_micro_batches(rows: list[int], lengths: list[int], *, size: int, token_budget: int | None,
+                           device: torch.device) -> list[list[int]]:
+    """Cut `rows` (sample indices, in the order given: longest first keeps padding small) into the micro-batches of a
+    training pass: at most `size` samples each, or, with `token_budget`, as many as fit in that many padded tokens
+    (count x longest `lengths[row]`; a longer sample goes alone). FSDP lockstep: every rank gets the same number of
+    micro-batches (an all-reduce of the largest count), a rank with fewer gets empty ones at the end, which the
+    caller runs on a stand-in sample at zero weight; none at all when no rank has a row. Collective.
+
+    Example (one rank): rows [4, 1, 7], lengths {4: 9, 1: 8, 7: 3}, size 2 -> [[4, 1], [7]];
+    token_budget 17 -> [[4], [1, 7]] (2 x 9 > 17; 2 x 8 <= 17).
+    """
+    batches: list[list[int]] = []
+    longest = 0
+    for row in rows:
+        fits = (len(batches[-1]) < size if token_budget is None else
+                (len(batches[-1]) + 1) * max(longest, lengths[row]) <= token_budget) if batches else False
+        if fits:
+            batches[-1].append(row)
+            longest = max(longest, lengths[row])
+        else:
+            batches.append([row])
+            longest = lengths[row]
+    count = all_reduce_max(len(batches), device) if dist.is_initialized() else len(batches)
     return batches + [[] for _ in range(count - len(batches))]
 
 

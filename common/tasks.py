@@ -7,6 +7,7 @@ These feed the tiny models' supervised data (`scripts/build_tiny_models.py`) and
 - Countdown (as in TinyZero / Jiayi-Pan/Countdown-Tasks-3to4): reach `target` with each number used exactly
   once and binary + - * /. Expressions use ASCII integers, no unary minus, and only the parentheses they need.
 - Word problems: one- or two-step stories; the answer is GSM8K-shaped, reasoning lines then `#### N`.
+- Arithmetic (`grpo_calculator.py`): "347 * 28 - 196", with the steps a calculator takes, one operation each.
 """
 
 import itertools
@@ -276,19 +277,71 @@ def make_word_problems(n: int, seed: int, max_addend: int = 60) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Arithmetic expressions (the calculator task of grpo_calculator.py)
+# ---------------------------------------------------------------------------------------------------------------
+def arithmetic_steps(numbers: list[int], ops: list[str]) -> list[tuple[str, int]]:
+    """The operations a one-operation-at-a-time calculator takes for `numbers[0] ops[0] numbers[1] ...`, in order:
+    the first "*" left, else the first operation, each written with the values the steps before it produced.
+
+    `arithmetic_steps([347, 28, 196], ["*", "-"]) == [("347*28", 9716), ("9716-196", 9520)]`;
+    `arithmetic_steps([5, 3, 4], ["-", "*"]) == [("3*4", 12), ("5-12", -7)]`.
+    """
+    assert len(ops) == len(numbers) - 1 and set(ops) <= set("+-*"), f"{numbers} {ops}: need k numbers, k-1 of + - *"
+    values, ops, steps = list(numbers), list(ops), []
+    while ops:
+        i = ops.index("*") if "*" in ops else 0
+        a, op, b = values[i], ops.pop(i), values.pop(i + 1)
+        values[i] = a + b if op == "+" else a - b if op == "-" else a * b
+        steps.append((f"{a}{op}{b}", values[i]))
+    return steps
+
+
+def make_arithmetic_problems(n: int, seed: int, num_operands: tuple[int, ...] = (2, 3), max_number: int = 999,
+                             max_value: int = 10**6, exclude: frozenset | set = frozenset()) -> list[dict]:
+    """`n` arithmetic problems: {"expression": "347 * 28 - 196", "value": 9520, "steps": [["347*28", 9716],
+    ["9716-196", 9520]]}.
+
+    Method: draw k in `num_operands`, k numbers in [2, max_number] and k - 1 operators among + - *; keep the problem
+    when every step (`arithmetic_steps`) lies in [0, max_value]. Expressions whose text is in `exclude` are skipped
+    (pass the held-out set's, so that training never sees a held-out problem).
+    """
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(n):
+        for _ in range(MAX_TRIES_PER_PROBLEM):
+            k = rng.choice(num_operands)
+            numbers = [rng.randint(2, max_number) for _ in range(k)]
+            ops = [rng.choice("+-*") for _ in range(k - 1)]
+            steps = arithmetic_steps(numbers, ops)
+            expression = " ".join(x for pair in zip(map(str, numbers), ops + [""]) for x in pair).strip()
+            if all(0 <= v <= max_value for _, v in steps) and expression not in exclude:
+                problems.append({"expression": expression, "value": steps[-1][1], "steps": [list(s) for s in steps]})
+                break
+        else:
+            raise RuntimeError(f"no arithmetic problem in {MAX_TRIES_PER_PROBLEM} tries: {num_operands=} {max_value=}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Data order (any task)
 # ---------------------------------------------------------------------------------------------------------------
-def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
-    """Problem indices of step `step` over all ranks: a fresh seeded permutation per epoch, read in order,
-    so a resumed run continues exactly where the first one stopped.
+def stream_indices(position: int, count: int, num_problems: int, seed: int) -> list[int]:
+    """Problem indices `position` .. `position + count - 1` of the training stream, over all ranks: a fresh seeded
+    permutation per epoch, read in order. A run that saves its position (the prompts it has drawn) continues exactly
+    where it stopped, however many prompts each step drew (dynamic sampling draws more).
 
-    >>> batch_indices(0, 4, 10, seed=0) == batch_indices(0, 4, 10, seed=0)
+    >>> stream_indices(8, 4, 10, seed=0) == stream_indices(8, 2, 10, seed=0) + stream_indices(10, 2, 10, seed=0)
     True
     """
     out, permutations = [], {}
-    for k in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+    for k in range(position, position + count):
         epoch, i = divmod(k, num_problems)
         if epoch not in permutations:
             permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(num_problems)
         out.append(int(permutations[epoch][i]))
     return out
+
+
+def batch_indices(step: int, prompts_per_step: int, num_problems: int, seed: int) -> list[int]:
+    """Problem indices of step `step` when every step draws `prompts_per_step`: `stream_indices(step * P, P, ...)`."""
+    return stream_indices(step * prompts_per_step, prompts_per_step, num_problems, seed)

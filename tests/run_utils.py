@@ -28,9 +28,10 @@ def run_script(args: list[str], *, nproc: int | None = 2, timeout: int = 900, ch
 
 def probe_error_fits_tiny_preset_dtype(error: float) -> bool:
     """The tiny presets ask for bf16, which a CPU runs only with AMX (common.model.use_bf16): then vLLM and the trainer
-    round alike but run other kernels, so the sync probe's error lies in (1e-4, 2.0), the bf16 bound (and the 1e-4
-    floor shows bf16 really ran); in float32 they agree to < 1e-4."""
+    round alike but run other kernels, so the sync probe's mean gap lies in (1e-4, PROBE_BOUND["bfloat16"]) (and the
+    1e-4 floor shows bf16 really ran); in float32 they agree to < 1e-5."""
     import torch
 
     from common.model import use_bf16
-    return 1e-4 < error < 2.0 if use_bf16(True, torch.device("cpu")) else error < 1e-4
+    from common.vllm_engine import PROBE_BOUND
+    return 1e-4 < error <= PROBE_BOUND["bfloat16"] if use_bf16(True, torch.device("cpu")) else error < 1e-5

@@ -10,7 +10,7 @@ from tests.run_utils import ROOT, run_script
 from tests.test_grpo_e2e import SMALL
 
 TASK_BANNER = "# Task: data, prompt, reward"
-NEXT_BANNER = "# Data order and evaluation"
+NEXT_BANNER = "# Algorithm: advantages and loss"
 
 # The new task: write the sum of two numbers. Its own data, prompt, grader and reasons, nothing else.
 SUM_TASK = '''# Task: data, prompt, reward -- here: write the sum of two numbers

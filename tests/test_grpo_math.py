@@ -6,7 +6,9 @@ import random
 import pytest
 import torch
 
-from grpo_countdown import batch_indices, group_advantages, policy_loss_terms, sampler_correction, zero_signal
+from common.model import lockstep_micro_batches
+from grpo_countdown import (batch_indices, group_advantages, overlong_penalty, policy_loss_terms, sampler_correction,
+                            zero_signal)
 
 
 def slow_advantages(rewards, groups, scale_by_std, eps=1e-6):
@@ -48,21 +50,21 @@ def test_policy_loss_terms_by_hand():
     old = torch.tensor([[math.log(0.4), math.log(0.5), math.log(0.4)]])
     ref = torch.tensor([[math.log(0.5), math.log(0.45), math.log(0.1)]])
     adv = torch.tensor([[1.0, 1.0, -1.0]])
-    pg, kl, clipped = policy_loss_terms(logprobs, old, ref, adv, clip_ratio=0.2)
+    pg, kl, clipped, _ = policy_loss_terms(logprobs, old, ref, adv, clip_ratio=0.2)
     # ratios 1.25 (clipped to 1.2 for A>0), 1.8 (clipped to 1.2), 0.5 (clipped to 0.8 for A<0: min picks -0.8)
     torch.testing.assert_close(pg, torch.tensor([[-1.2, -1.2, 0.8]]))
     assert clipped.tolist() == [[True, True, True]]
     # k3 = r - log r - 1 with r = ref / pi
     expected_kl = [r - math.log(r) - 1 for r in (1.0, 0.5, 0.5)]
     torch.testing.assert_close(kl, torch.tensor([expected_kl]))
-    pg, _, clipped = policy_loss_terms(torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), 0.2)
+    pg, _, clipped, _ = policy_loss_terms(torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), 0.2)
     assert pg.item() == -2.0 and not clipped.item(), "on-policy: ratio 1, loss -A, nothing clipped"
 
 
 def test_policy_gradient_direction():
     """The loss gradient raises the log-prob of a positive-advantage token and lowers a negative one."""
     lp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
-    pg, _, _ = policy_loss_terms(lp, lp.detach(), lp.detach(), torch.tensor([[1.0, -1.0]]), 0.2)
+    pg, _, _, _ = policy_loss_terms(lp, lp.detach(), lp.detach(), torch.tensor([[1.0, -1.0]]), 0.2)
     pg.sum().backward()
     assert lp.grad[0, 0] < 0 < lp.grad[0, 1]
 
@@ -172,7 +174,7 @@ def slow_policy_loss(logprobs, old, ref, adv, mask, c_low, c_high, weights, rati
 def test_policy_loss_terms_match_slow_loop(ratio_level, c_high, seed):
     logprobs, old, ref, vllm, adv, mask = padded_batch(seed)
     weights = sampler_correction(old, vllm, mask, "token_tis", 2.0)[0]
-    pg, _, _ = policy_loss_terms(logprobs, old, ref, adv, 0.2, c_high, weights, mask, ratio_level)
+    pg, _, _, _ = policy_loss_terms(logprobs, old, ref, adv, 0.2, c_high, weights, mask, ratio_level)
     expected = slow_policy_loss(logprobs, old, ref, adv, mask, 0.2, c_high, weights, ratio_level)
     torch.testing.assert_close(pg * mask, expected * mask)
 
@@ -181,7 +183,7 @@ def test_clip_higher_only_frees_the_upper_side():
     """ratio 1.25 with A > 0 is clipped at 1.2 by PPO, not by clip-higher 0.28; ratio 0.7 with A < 0 clipped by both."""
     lp, old = torch.tensor([[math.log(1.25), math.log(0.7)]]), torch.zeros(1, 2)
     adv = torch.tensor([[1.0, -1.0]])
-    pg, _, clipped = policy_loss_terms(lp, old, old, adv, 0.2, 0.28)
+    pg, _, clipped, _ = policy_loss_terms(lp, old, old, adv, 0.2, 0.28)
     torch.testing.assert_close(pg, torch.tensor([[-1.25, 0.8]]))
     assert clipped.tolist() == [[False, True]]
 
@@ -207,7 +209,7 @@ def test_gspo_ratio_gradient_is_the_mean_over_the_response():
     """GSPO: every token of a response gets d/dlogp_t = -A s / |y| inside the clip range (s = 1 on policy)."""
     lp = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[False, True, True, True]])
-    pg, _, _ = policy_loss_terms(lp, lp.detach(), lp.detach(), torch.tensor([[2.0]], dtype=torch.float64), 0.2,
+    pg, _, _, _ = policy_loss_terms(lp, lp.detach(), lp.detach(), torch.tensor([[2.0]], dtype=torch.float64), 0.2,
                                  mask=mask, ratio_level="sequence")
     (pg * mask).sum().backward()
     # the sum over 3 tokens of -A s, each s = exp(mean): gradient 3 * (-2) / 3 = -2 per masked token
@@ -220,7 +222,7 @@ def test_all_masked_micro_batch_gives_zero_loss_and_gradient():
     weights, _, outside, _ = sampler_correction(old, old + 5.0, mask, "sequence_mask", 3.0, 0.5)  # ratios ~e^-5n
     assert outside[mask.any(-1)].all() and (weights == 0).all()
     lp = logprobs.clone().requires_grad_(True)
-    pg, kl, _ = policy_loss_terms(lp, old, ref, adv, 0.2, None, weights, mask, "token")
+    pg, kl, _, _ = policy_loss_terms(lp, old, ref, adv, 0.2, None, weights, mask, "token")
     loss = ((pg + 0.0 * kl) * mask).sum() / max(float(mask.sum()), 1.0)
     loss.backward()
     assert loss.item() == 0.0 and (lp.grad == 0).all()
@@ -260,7 +262,86 @@ def test_skipping_zero_signal_samples_leaves_the_gradient_unchanged():
     grads = []
     for rows in (torch.arange(8), kept.nonzero()[:, 0]):
         lp = logprobs.clone().requires_grad_(True)
-        pg, _, _ = policy_loss_terms(lp[rows], old[rows], ref[rows], adv[rows], 0.2, 0.28, weights[rows], mask[rows])
+        pg, _, _, _ = policy_loss_terms(lp[rows], old[rows], ref[rows], adv[rows], 0.2, 0.28, weights[rows], mask[rows])
         ((pg * mask[rows]).sum() / normaliser).backward()
         grads.append(lp.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-15)
+
+
+def slow_dual_clip_loss(logprobs, old, adv, mask, c, c_dual):
+    """Dual-clip PPO (Ye et al. 2020, eq. 5) per token, plain floats: for A < 0 the objective is
+    max(min(r A, clip(r) A), c_dual A), so the loss is at most -c_dual A; for A >= 0 PPO's clip."""
+    out, flags = [], []
+    for lp_row, o_row, a_row in zip(logprobs.tolist(), old.tolist(), adv.tolist()):
+        row, frow = [], []
+        for l, o, a in zip(lp_row, o_row, a_row):
+            r = math.exp(l - o)
+            objective = min(r * a, min(max(r, 1 - c), 1 + c) * a)
+            if a < 0:
+                frow.append(c_dual * a > objective)
+                objective = max(objective, c_dual * a)
+            else:
+                frow.append(False)
+            row.append(-objective)
+        out.append(row)
+        flags.append(frow)
+    return torch.tensor(out, dtype=torch.float64), flags
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dual_clip_matches_slow_loop_on_padded_batches(seed):
+    logprobs, old, ref, _, adv, mask = padded_batch(seed)
+    logprobs = logprobs + 2.0 * (torch.arange(logprobs.shape[1]) % 3 == 0)  # some ratios far above the clip: e^2
+    pg, _, _, dual = policy_loss_terms(logprobs, old, ref, adv, 0.2, mask=mask, dual_clip=3.0)
+    expected, flags = slow_dual_clip_loss(logprobs, old, adv, mask, 0.2, 3.0)
+    torch.testing.assert_close(pg * mask, expected * mask)
+    assert (dual & mask).tolist() == (torch.tensor(flags) & mask).tolist()
+    assert (dual & mask).any(), "the batch must exercise the cap"
+    undual, _, _, none = policy_loss_terms(logprobs, old, ref, adv, 0.2, mask=mask)
+    assert not none.any() and torch.equal(undual[~dual], pg[~dual]), "elsewhere dual-clip changes nothing"
+
+
+def test_dual_clip_by_hand_caps_the_loss_of_a_negative_advantage():
+    """A = -1, ratio 5 (c = 0.2): PPO's loss is 5 and grows with the ratio; dual-clip caps it at 3, with no gradient."""
+    lp = torch.tensor([[math.log(5.0), math.log(5.0), math.log(0.9)]], dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(1, 3, dtype=torch.float64)
+    adv = torch.tensor([[-1.0, 1.0, -1.0]], dtype=torch.float64)
+    pg, _, _, dual = policy_loss_terms(lp, old, old, adv, 0.2, dual_clip=3.0)
+    torch.testing.assert_close(pg, torch.tensor([[3.0, -1.2, 0.9]], dtype=torch.float64))
+    assert dual.tolist() == [[True, False, False]]
+    pg.sum().backward()
+    assert lp.grad[0, 0] == 0 and lp.grad[0, 2] != 0
+
+
+def slow_overlong(length, max_tokens, buffer, penalty):
+    """DAPO eq. 13, piece by piece: 0 while |y| <= L_max - L_cache; ((L_max - L_cache) - |y|) / L_cache up to L_max."""
+    if buffer == 0 or length <= max_tokens - buffer:
+        return 0.0
+    return penalty * ((max_tokens - buffer) - length) / buffer if length <= max_tokens else -penalty
+
+
+@pytest.mark.parametrize("max_tokens, buffer, penalty", [(20, 10, 1.0), (1024, 256, 0.5), (48, 0, 1.0), (48, 47, 2.0)])
+def test_overlong_penalty_matches_dapo_piecewise(max_tokens, buffer, penalty):
+    lengths = torch.arange(0, max_tokens + 1)
+    got = overlong_penalty(lengths, max_tokens, buffer, penalty)
+    expected = torch.tensor([slow_overlong(int(n), max_tokens, buffer, penalty) for n in lengths])
+    torch.testing.assert_close(got, expected)
+    assert overlong_penalty(torch.tensor([5, 10, 15, 20]), 20, 10, 1.0).tolist() == [0, 0, -0.5, -1]  # the docstring's
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lockstep_micro_batches_respect_size_and_token_budget(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 60) for _ in range(30)]
+    rows = sorted(rng.sample(range(30), 20), key=lambda i: -lengths[i])
+    by_size = lockstep_micro_batches(rows, lengths, size=4, token_budget=None, device=torch.device("cpu"))
+    assert by_size == [rows[u: u + 4] for u in range(0, 20, 4)], "by samples: the order given, cut every 4"
+    budget = 100
+    by_tokens = lockstep_micro_batches(rows, lengths, size=4, token_budget=budget, device=torch.device("cpu"))
+    assert [r for b in by_tokens for r in b] == rows, "every row once, in order"
+    for b in by_tokens:
+        assert len(b) == 1 or len(b) * max(lengths[r] for r in b) <= budget, (b, [lengths[r] for r in b])
+    for a, b in zip(by_tokens, by_tokens[1:]):  # greedy: the next row did not fit
+        assert (len(a) + 1) * max(lengths[r] for r in a + b[:1]) > budget
+    assert lockstep_micro_batches([], lengths, size=4, token_budget=budget, device=torch.device("cpu")) == []
+    assert lockstep_micro_batches([4, 1, 7], {4: 9, 1: 8, 7: 3}, size=2, token_budget=17, device=torch.device("cpu")) == [[4], [1, 7]]

@@ -7,8 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from common.model import (TokenLogprobLM, attention_kernel, build_optimizer, chunked_token_logprobs,
-                          logprobs_in_micro_batches, lr_multiplier, pad_batch, select_rows, token_budget_micro_batches,
-                          use_bf16)
+                          logprobs_in_micro_batches, lr_multiplier, materialize, pad_batch, select_rows,
+                          token_budget_micro_batches, use_bf16)
+from tests.run_utils import run_script
 
 
 def naive_logprobs(hidden, weight, targets, temperature):
@@ -121,3 +122,31 @@ def test_lr_schedules():
     with pytest.raises(ValueError, match="unknown lr schedule"):
         lr_multiplier(10, kind="linear-ish", **kw)
     assert not math.isnan(lr_multiplier(0, kind="cosine", warmup_steps=0, total_steps=0))
+
+
+@pytest.mark.parametrize("cpu_offload", [True, False])
+def test_materialize_puts_buffers_on_the_group_device_and_offloaded_parameters_in_cpu_memory(tiny_models, cpu_offload):
+    """Ranks other than 0 build the model on the meta device and allocate it here. The group's device stands in as
+    "meta" (no GPU here): buffers must follow it, as FSDP2 moves rank 0's, even when the parameters are offloaded
+    (they went to the CPU with them before, and NCCL refused to broadcast them)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_models["tied"])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    materialize(model, torch.device("meta"), cpu_offload)
+    assert {b.device.type for b in model.buffers()} == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"cpu" if cpu_offload else "meta"}
+
+
+@pytest.mark.e2e
+def test_reference_with_cpu_offload_on_two_ranks_equals_the_reference_without(tiny_models, tmp_path):
+    """--ref-cpu-offload's loading path (rank 0 reads, the others receive their shards into CPU memory) on 2 ranks:
+    the frozen reference's log-probs are the ones without offload, bit for bit."""
+    import json
+
+    run_script(["tests/dist_offload_check.py", str(tiny_models["untied"]), str(tmp_path)], nproc=2, timeout=300)
+    for rank in range(2):
+        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert r["gap"] == 0.0 and r["nonzero"] > 0, r
+        assert r["buffer_devices"] == [r["group_device"]] and r["param_devices"] == ["cpu"], r

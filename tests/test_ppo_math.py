@@ -68,11 +68,12 @@ def test_grade(text, reward, reason):
 
 
 def test_shared_loss_helpers_are_identical_in_both_scripts():
-    """The PPO-clip loss and the sampler correction are the same code in both scripts (tested in test_grpo_math.py)."""
+    """The PPO-clip loss, the sampler correction and the overlong shaping are the same code in both scripts (tested in
+    test_grpo_math.py)."""
     import inspect
 
     import grpo_countdown
     import ppo_gsm8k
 
-    for name in ("policy_loss_terms", "sampler_correction"):
+    for name in ("policy_loss_terms", "sampler_correction", "overlong_penalty"):
         assert inspect.getsource(getattr(grpo_countdown, name)) == inspect.getsource(getattr(ppo_gsm8k, name)), name
