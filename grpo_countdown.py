@@ -438,8 +438,8 @@ def main(args: Args) -> None:
         metrics: dict[str, float] = {}
         # ===== 1. rollout: wake vLLM, push the current weights (exactly checked), (evaluate), sample G completions per
         # prompt and grade them; with --dynamic-sampling, further rounds of prompts until every rank has its share of
-        # groups whose rewards differ. Ranks agree on the number of rounds (an all-reduce each): a rank that has its
-        # share draws its slice of the stream but samples nothing.
+        # groups whose rewards differ. Ranks agree on the number of rounds (an all-reduce each) and all sample in each
+        # (ranks of one tensor-parallel vLLM replica must make the same calls; a rank done early costs no wall time).
         with timer("sync"):
             engine.wake_and_sync(policy, hf_named_parameters(policy), step=step)
         if step % args.eval_every == 0:
@@ -451,8 +451,6 @@ def main(args: Args) -> None:
                 break
             shard = stream_indices(position + dist.rank * local_prompts, local_prompts, len(train_set), args.seed)  # this rank's
             position += args.prompts_per_step
-            if sum(has_signal) >= local_prompts:
-                continue
             drawn = [train_set[i] for i in shard]
             ids = [encode(p) for p in drawn]
             with timer("generate"):  # each round its own random streams (`turn`)
