@@ -81,7 +81,8 @@ def tensor_checksum(tensor: torch.Tensor, offset: int = 0, chunk: int = 2**20) -
     prime 2^31 - 1, in integer arithmetic, so the order of summation (fused or split tensors, shards summed over
     ranks) cannot change it. `offset` is the flat index of the tensor's first element in the whole parameter: the
     checksums of a parameter's row shards at their offsets add up to the whole parameter's.
-    Each chunk's sum stays below 2^61 (|bits| < 2^31, w < 2^10, 2^20 elements): no int64 overflow.
+    Each chunk's sum stays below 2^61 (|bits| < 2^31, w < 2^10, 2^20 elements) and is reduced before the next is added:
+    no int64 overflow below 2^32 chunks (2^52 elements).
 
     Example: float32 [1.0, 2.0] has bits [0x3F800000, 0x40000000]: (1065353216 * 1 + 1073741824 * 2) mod (2^31 - 1)
     = 1065353217.
@@ -89,12 +90,12 @@ def tensor_checksum(tensor: torch.Tensor, offset: int = 0, chunk: int = 2**20) -
     flat = tensor.detach().reshape(-1)
     bits = flat.view({1: torch.int8, 2: torch.int16, 4: torch.int32}[flat.element_size()])      # (N,) same bits
     weights = _position_weights(bits.device, chunk)                                             # (chunk + 1021,)
-    total = 0
+    total = torch.zeros((), dtype=torch.int64, device=bits.device)  # on the device: one synchronisation at the end
     for start in range(0, bits.numel(), chunk):
         b = bits[start: start + chunk]                                                          # (c,)
         phase = (offset + start) % CHECKSUM_PERIOD
-        total += int((b.to(torch.int64) * weights[phase: phase + b.numel()]).sum())
-    return total % CHECKSUM_MODULUS
+        total += (b.to(torch.int64) * weights[phase: phase + b.numel()]).sum() % CHECKSUM_MODULUS  # < 2^31 each
+    return int(total) % CHECKSUM_MODULUS
 
 
 @functools.cache

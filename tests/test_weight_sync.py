@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tests.run_utils import run_script
 
@@ -79,3 +80,26 @@ def test_exact_weight_check_catches_every_faulty_sync_and_passes_correct_ones(ti
     assert "Failed to load weights" in r["left_out"]["error"], "vLLM's own warning is named too"
     assert "1 of " in r["ulp"]["error"], "one tensor, no other"
     assert r["check_s"] > 0 and r["sync_s"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tensor_checksum_is_exact_additive_over_shards_and_sees_one_bit(dtype):
+    """The checksum the exact check compares: row shards at their offsets add up to the whole (as FSDP2's shards do,
+    over ranks), chunking does not matter, and changing any one element by its smallest step changes it."""
+    from common.vllm_engine import CHECKSUM_MODULUS, tensor_checksum
+
+    assert tensor_checksum(torch.tensor([1.0, 2.0])) == 1065353217  # the docstring's example, by hand
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 7, generator=g).to(dtype)
+    whole = tensor_checksum(x)
+    assert tensor_checksum(x, chunk=64) == whole
+    shards = [(x[:150], 0), (x[150:299], 150 * 7), (x[299:], 299 * 7), (x[300:], 300 * 7)]  # the last one empty
+    assert sum(tensor_checksum(t, offset=o) for t, o in shards) % CHECKSUM_MODULUS == whole
+    for i in (0, 1000, 2099):
+        y = x.clone().view(-1)
+        y[i] = torch.nextafter(y[i].float(), torch.tensor(float("inf"))).to(dtype) if dtype == torch.float32 else \
+            (y[i].view(torch.int16) + 1).view(dtype)  # the next bf16 value
+        assert tensor_checksum(y.view(300, 7)) != whole, i
+    swapped = x.clone().view(-1)
+    swapped[[3, 4]] = swapped[[4, 3]]
+    assert tensor_checksum(swapped.view(300, 7)) != whole or swapped[3] == swapped[4], "a move changes it too"
