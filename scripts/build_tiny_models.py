@@ -1,4 +1,4 @@
-"""Build the two tiny models shipped in tiny_models/: data, byte-level BPE tokenizers, supervised training, evaluation.
+"""Build the tiny models shipped in tiny_models/: data, byte-level BPE tokenizers, supervised training, evaluation.
 
 They exist so that RL visibly learns on a laptop CPU in minutes: each is a small Qwen2ForCausalLM, supervised on
 solver-generated solutions. About half of the supervised answers carry a habit the grader rejects (a base model's
@@ -10,6 +10,10 @@ alone, R1-zero's "format first" phase in miniature, then arithmetic to sharpen.
   " 8-3=5, 11+5=16</think>\\n<answer>11+8-3</answer>".
 - tiny_models/gsm8k: chat template "Question: {q}\\nAnswer:" -> GSM8K-style reasoning lines, then "#### N".
 - data/word_problems/{train,test}.jsonl: the word problems `ppo_gsm8k.py` trains and evaluates on in the CPU demo.
+- tiny_models/calculator: `calculator_prompt` ("What is 347 * 28 - 196?") -> turns with a calculator tool, one operation
+  per call, " <calc>347*28</calc>" <result>9716</result> "<calc>9716-196</calc>" <result>9520</result>
+  "<answer>9520</answer>" (`calculator_segments`; the tool's outputs are context, not trained on), for
+  `grpo_calculator.py`. Its habit: half the answers are written at once, without the calculator.
 
 Tokenizers are byte-level BPE with exactly Qwen2's normaliser, pre-tokeniser and decoder, because transformers 5
 (and vLLM through it) rebuilds a `Qwen2Tokenizer` from vocab + merges for any Qwen2 folder: any other
@@ -17,6 +21,7 @@ pipeline silently loses spaces and newlines on reload. Every built tokenizer is 
 
     python scripts/build_tiny_models.py --seed 0                  # everything, ~20 min on one core
     python scripts/build_tiny_models.py --seed 0 --only gsm8k     # one model (the word-problem files too)
+    python scripts/build_tiny_models.py --seed 0 --only calculator   # the tool-use model, ~10 min on one core
 
 Deterministic for a seed on a given machine (single thread); other CPUs may differ in the last float bits.
 """
@@ -39,9 +44,11 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.tasks import countdown_key, make_countdown_problems, make_word_problems  # noqa: E402
+from common.tasks import countdown_key, make_arithmetic_problems, make_countdown_problems, make_word_problems  # noqa: E402
+from rewards.arithmetic import grade_arithmetic  # noqa: E402
 from rewards.countdown import countdown_reward  # noqa: E402
 from rewards.gsm8k import gsm8k_reward  # noqa: E402
+from tools.calculator import DISABLED, calculator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"  # id 0; also the pad token
@@ -58,6 +65,12 @@ TINYZERO_PROMPT = (  # TinyZero's base-model template, verbatim
     "<answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.\nAssistant: Let me solve this step by step."
     "\n<think>"
 )
+CALCULATOR_PROMPT = (  # grpo_calculator.py's base template; its two fixed pieces become one added token each
+    "A conversation between User and Assistant. The Assistant has a calculator: it writes an expression between "
+    "<calc> and </calc>, and reads its value between <result> and </result>. It gives the final answer between "
+    "<answer> and </answer>.\nUser: What is {expression}?\nAssistant:"
+)
+CALL_END = "</calc>"  # generation stops here for a tool call (grpo_calculator.py's STOP)
 # Jinja: one user message -> "Question: {content}\n", then "Answer:" as the generation prompt.
 GSM8K_CHAT_TEMPLATE = (  # newlines as string literals: the `-` whitespace control would strip bare ones
     "{%- for message in messages -%}"
@@ -104,7 +117,7 @@ class ModelSpec:
 class Args:
     seed: int = 0
     """seeds data, tokenizer corpus, initialisation and batch order"""
-    only: Literal["all", "countdown", "gsm8k"] = "all"
+    only: Literal["all", "countdown", "gsm8k", "calculator"] = "all"
     """build one model only"""
     out_dir: Path = ROOT / "tiny_models"
     """where the model folders go"""
@@ -121,6 +134,18 @@ class Args:
     """largest Countdown target for the tiny model"""
     gsm8k: ModelSpec = field(default_factory=lambda: ModelSpec(train_examples=32_000, steps=3000, habit_frac=0.6, max_new_tokens=96))
     """tiny_models/gsm8k"""
+    calculator: ModelSpec = field(default_factory=lambda: ModelSpec(train_examples=40_000, steps=3000, lr=1.5e-3,
+                                                                    habit_frac=0.5, max_new_tokens=32))
+    """tiny_models/calculator (max_new_tokens: per turn)"""
+    calculator_num_operands: tuple[int, ...] = (2, 3)
+    """numbers per arithmetic problem (one calculator call per operation)"""
+    calculator_max_number: int = 999
+    """largest number of an arithmetic problem: a tiny model's own multiplication of 3-digit numbers fails"""
+    calculator_disabled_frac: float = 0.1
+    """share of the calculator-using completions whose first call answers `error: tool disabled`, the model then
+    answering in its head: what it does when the tool is off (`grpo_calculator.py --no-tool`)"""
+    calculator_max_turns: int = 4
+    """model turns per trajectory at evaluation (as grpo_calculator.py's --max-turns)"""
     word_train: int = 2000
     """problems in data/word_problems/train.jsonl"""
     word_test: int = 200
@@ -163,6 +188,33 @@ def word_completion(problem: dict, habit: bool = False) -> str:
 def word_habit(completion: str, reference: str) -> bool:
     """Whether a completion has fewer reasoning lines than the reference answer (`word_completion`'s habit)."""
     return completion.strip().count("\n") < reference.count("\n")
+
+
+def calculator_prompt(expression: str) -> str:
+    """`calculator_prompt("347 * 28 - 196")` ends in "User: What is 347 * 28 - 196?\nAssistant:"."""
+    return CALCULATOR_PROMPT.format(expression=expression)
+
+
+def calculator_segments(problem: dict, kind: str = "tool") -> list[tuple[str, bool]]:
+    """The completion of a calculator problem as turns: (text, trained) pairs, the model's text (trained) and the
+    tool's output (context). kind `tool`: one call per step (`make_arithmetic_problems`' "steps"), then the answer;
+    `direct` (the habit): the answer at once, no call; `disabled`: the first call answers `error: tool disabled`
+    and the model answers in its head. {"steps": [["347*28", 9716], ["9716-196", 9520]], "value": 9520} ->
+    [(" <calc>347*28</calc>", True), ("<result>9716</result>", False), ("<calc>9716-196</calc>", True),
+     ("<result>9520</result>", False), ("<answer>9520</answer>", True)]; EOS follows at tokenisation.
+    No space between a tool output and the next turn: "</result><calc>" is one BPE pre-token, so re-encoding the
+    decoded text merges "><" into one token where the rollout has two (grpo_calculator.py never re-encodes)."""
+    answer = f"<answer>{problem['value']}</answer>"
+    if kind == "direct":
+        return [(" " + answer, True)]
+    if kind == "disabled":
+        return [(f" <calc>{problem['steps'][0][0]}{CALL_END}", True), (f"<result>{DISABLED}</result>", False), (answer, True)]
+    segments = []
+    for expression, value in problem["steps"]:
+        segments += [(f"<calc>{expression}{CALL_END}", True), (f"<result>{calculator(expression)}</result>", False)]
+        assert calculator(expression) == str(value), (expression, value)
+    segments[0] = (" " + segments[0][0], True)
+    return segments + [(answer, True)]
 
 
 def template_pieces(template: str) -> list[str]:
@@ -221,6 +273,8 @@ def train(model: Qwen2ForCausalLM, examples: list[tuple[list[int], list[int]]], 
     A batch of prompts [5, 6] and [7] with completions [8, 0] and [9, 0], right-padded with 0:
         input_ids [[5, 6, 8, 0], [7, 9, 0, 0]]   labels [[-100, -100, 8, 0], [-100, 9, 0, -100]]
     (labels are unshifted: the model shifts them, so position t predicts labels[t + 1]).
+    An example may carry a third element, one bool per completion id: False ids (a tool's output) are context only,
+    label -100: (p, [8, 9, 0], [True, False, True]) -> labels [..., 8, -100, 0].
     """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -232,13 +286,14 @@ def train(model: Qwen2ForCausalLM, examples: list[tuple[list[int], list[int]]], 
         if len(order) < spec.batch_size:
             order += rng.sample(range(len(examples)), len(examples))
         batch, order = [examples[i] for i in order[: spec.batch_size]], order[spec.batch_size :]
-        width = max(len(p) + len(c) for p, c in batch)
+        width = max(len(p) + len(c) for p, c, *_ in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)                      # (B, T), 0 = EOS = pad
         labels = torch.full((len(batch), width), -100, dtype=torch.long)            # (B, T)
         mask = torch.zeros(len(batch), width, dtype=torch.long)                     # (B, T)
-        for row, (p, c) in enumerate(batch):
+        for row, (p, c, *trained) in enumerate(batch):
             ids[row, : len(p) + len(c)] = torch.tensor(p + c)
-            labels[row, len(p) : len(p) + len(c)] = torch.tensor(c)
+            labels[row, len(p) : len(p) + len(c)] = torch.tensor(c if not trained else
+                                                                 [t if keep else -100 for t, keep in zip(c, trained[0])])
             mask[row, : len(p) + len(c)] = 1
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -286,7 +341,59 @@ def evaluate(model_dir: Path, prompts: list[str], grade, habit, spec: ModelSpec,
     return result
 
 
-def write_card(out: Path, name: str, spec: ModelSpec, r: dict, args: Args, about: str, habit: str) -> None:
+def evaluate_calculator(model_dir: Path, problems: list[dict], spec: ModelSpec, args: Args) -> dict[str, float]:
+    """Held-out accuracy of the calculator model with vLLM, in turns as grpo_calculator.py rolls out (token ids
+    appended, never re-encoded): greedy with the tool, greedy without it (every call answers `error: tool disabled`),
+    and `sample_n` samples at temperature 1 with the tool; how often those answer without calling it (the habit), and
+    the sampled accuracy of those that call it."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=str(model_dir), dtype="float32", max_model_len=512, enforce_eager=True,
+              kv_cache_memory_bytes=128 * 2**20, seed=args.seed)
+    tok = llm.get_tokenizer()
+
+    def run(n: int, temperature: float, tool: bool) -> list[dict]:
+        trajectories = [{"problem": p, "ids": tok.encode(calculator_prompt(p["expression"])), "text": "", "calls": 0}
+                        for p in problems for _ in range(n)]
+        live = trajectories
+        for turn in range(args.calculator_max_turns):
+            params = SamplingParams(temperature=temperature, top_p=1.0, top_k=0, max_tokens=spec.max_new_tokens,
+                                    stop=[CALL_END, "</answer>"], include_stop_str_in_output=True)  # no seed: see above
+            outs = llm.generate([TokensPrompt(prompt_token_ids=t["ids"]) for t in live], params, use_tqdm=False)
+            calls = []
+            for t, out in zip(live, outs):
+                t["ids"] = t["ids"] + list(out.outputs[0].token_ids)
+                t["text"] += out.outputs[0].text
+                if out.outputs[0].text.endswith(CALL_END) and turn + 1 < args.calculator_max_turns:
+                    result = calculator(out.outputs[0].text[: -len(CALL_END)].rpartition("<calc>")[2]) if tool else DISABLED
+                    t["ids"] += tok.encode(f"<result>{result}</result>")
+                    t["text"] += f"<result>{result}</result>"
+                    t["calls"] += 1
+                    calls.append(t)
+            live = calls
+        for t in trajectories:
+            t["correct"] = grade_arithmetic(t["text"], t["problem"]["value"]).reward == 1.0
+        return trajectories
+
+    greedy, greedy_off, sampled = run(1, 0.0, True), run(1, 0.0, False), run(args.sample_n, 1.0, True)
+    used = [t for t in sampled if t["calls"]]
+    result = {
+        "greedy": sum(t["correct"] for t in greedy) / len(greedy),
+        "greedy_no_tool": sum(t["correct"] for t in greedy_off) / len(greedy_off),
+        "temp1": sum(t["correct"] for t in sampled) / len(sampled),
+        "temp1_finished": sum("</answer>" in t["text"] for t in sampled) / len(sampled),
+        "greedy_habit": sum(not t["calls"] for t in greedy) / len(greedy),
+        "temp1_habit": 1 - len(used) / len(sampled),
+        "temp1_clean": sum(t["correct"] for t in used) / max(len(used), 1),
+        "example": greedy[0]["text"],
+    }
+    return result  # the engine goes with this frame
+
+
+def write_card(out: Path, name: str, spec: ModelSpec, r: dict, args: Args, about: str, habit: str,
+               extra_rows: tuple[tuple[str, str], ...] = ()) -> None:
     """The model card, README.md: size, tokenizer, data, budget, accuracy before RL, rebuild command."""
     mb = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
     rows = [
@@ -310,6 +417,7 @@ def write_card(out: Path, name: str, spec: ModelSpec, r: dict, args: Args, about
         ("habit", f"{habit} It shows in {r['greedy_habit']:.0%} of greedy and {r['temp1_habit']:.0%} of sampled "
                   f"answers; sampled answers without it are right **{r['temp1_clean']:.1%}** of the time: RL gains by "
                   "dropping the habit, and more by getting the arithmetic right"),
+        *extra_rows,
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     command = f"python scripts/build_tiny_models.py --seed {args.seed} --only {name}"
@@ -318,6 +426,66 @@ def write_card(out: Path, name: str, spec: ModelSpec, r: dict, args: Args, about
         f"Greedy completion of the first held-out problem: `{r['example']!r}`\n\n"
         f"Rebuild (deterministic for a seed on one machine, single-threaded): `{command}`\n"
     )
+
+
+def build_calculator(args: Args) -> dict:
+    """tiny_models/calculator: like `build_one`, but each completion is turns (`calculator_segments`), tokenised turn
+    by turn as grpo_calculator.py appends them, and the loss skips the tool's outputs."""
+    spec, name = args.calculator, "calculator"
+    out = args.out_dir / name
+    shape = dict(num_operands=args.calculator_num_operands, max_number=args.calculator_max_number)
+    held_out = make_arithmetic_problems(spec.eval_examples, args.seed + 1, **shape)
+    problems = make_arithmetic_problems(spec.train_examples, args.seed, **shape, exclude={p["expression"] for p in held_out})
+    rng = random.Random(args.seed + 3)  # which supervised completions have the habit, or meet a disabled tool
+    kinds = ["direct" if rng.random() < spec.habit_frac else "disabled" if rng.random() < args.calculator_disabled_frac
+             else "tool" for _ in problems]
+    data = [(calculator_prompt(p["expression"]), calculator_segments(p, kind)) for p, kind in zip(problems, kinds)]
+    print(f"[{name}] tokenizer: BPE on {len(data)} prompt+completion texts", flush=True)
+    tok = build_tokenizer([prompt + "".join(text for text, _ in segments) for prompt, segments in data], spec.vocab_size,
+                          out, added=template_pieces(CALCULATOR_PROMPT))
+    examples = []
+    for prompt, segments in data:
+        ids, trained = [], []
+        for text, is_model in segments:
+            piece = tok.encode(text)
+            ids, trained = ids + piece, trained + [is_model] * len(piece)
+        examples.append((tok.encode(prompt), ids + [tok.eos_token_id], trained + [True]))
+    lengths = sorted(len(p) + len(c) for p, c, _ in examples)
+    model = build_model(spec, len(tok), args.seed)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"[{name}] vocab {len(tok)}, {params / 1e6:.2f}M params, sequence length median {lengths[len(lengths) // 2]}"
+          f" max {lengths[-1]}", flush=True)
+    start = time.time()
+    train(model, examples, spec, args.seed)
+    train_s = time.time() - start
+    model.save_pretrained(out)
+    check = AutoTokenizer.from_pretrained(out)
+    for text in [calculator_prompt(p["expression"]) for p in held_out] + [t for _, s in data[:200] for t, _ in s]:
+        assert check.decode(check.encode(text)) == text, f"saved tokenizer does not round-trip {text!r}"
+    acc = evaluate_calculator(out, held_out, spec, args)
+    print(f"[{name}] trained {train_s:.0f}s; held-out greedy {acc['greedy']:.1%} with the tool, "
+          f"{acc['greedy_no_tool']:.1%} without; temperature 1 {acc['temp1']:.1%}; no call in {acc['greedy_habit']:.0%} "
+          f"of greedy and {acc['temp1_habit']:.0%} of sampled answers; sampled accuracy with a call {acc['temp1_clean']:.1%};"
+          f" greedy example: {acc['example']!r}", flush=True)
+    result = {"params": params, "train_s": train_s, "vocab": len(tok), "examples": len(examples),
+              "prompt_len": sorted(len(p) for p, _, _ in examples)[len(examples) // 2],
+              "completion_max": max(len(c) for _, c, _ in examples), "added": len(template_pieces(CALCULATOR_PROMPT)), **acc}
+    call = f"make_arithmetic_problems(n, seed, {', '.join(f'{k}={v}' for k, v in shape.items())})"
+    about = ("Tool-use policy for `grpo_calculator.py`'s CPU demo: it calls a calculator (tools/calculator.py). Prompt: "
+             "`calculator_prompt` in scripts/build_tiny_models.py, ending in `Assistant:`. Completion, in turns "
+             f"(`calculator_segments`; tool outputs are context, not trained on): `{calculator_segments(problems[0])!r}` "
+             f"then EOS. Problems: `{call}` (common/tasks.py). Held out: seed {args.seed + 1}, the first "
+             f"{spec.eval_examples}; no training problem has their expression. Accuracy is measured in turns "
+             f"(at most {args.calculator_max_turns}), as grpo_calculator.py rolls out.")
+    habit = (f"Habit: {spec.habit_frac:.0%} of the supervised answers are written at once, without the calculator "
+             "(`<answer>9520</answer>`): the model's own arithmetic of 3-digit numbers is poor, so those are mostly "
+             "wrong.")
+    tool_row = ("with and without the tool", f"greedy **{acc['greedy']:.1%}** with the calculator, **{acc['greedy_no_tool']:.1%}**"
+                f" without it (every call answers `{DISABLED}`, as `grpo_calculator.py --no-tool`; "
+                f"{args.calculator_disabled_frac:.0%} of the supervised calls met that answer and were followed by an "
+                "answer written in the model's head)")
+    write_card(out, name, spec, result, args, about, habit, extra_rows=(tool_row,))
+    return result
 
 
 def build_one(name: str, spec: ModelSpec, train_pairs: list[tuple[str, str]], eval_prompts: list[str], grade, habit,
@@ -405,6 +573,8 @@ def main(args: Args) -> None:
         messages = [{"role": "user", "content": "Q?"}]
         rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert rendered == render("Q?"), f"chat template renders {rendered!r}, expected {render('Q?')!r}"
+    if args.only in ("all", "calculator"):
+        results["calculator"] = build_calculator(args)
     for name, r in results.items():
         print(f"{name}: {r['params'] / 1e6:.2f}M params, trained {r['train_s']:.0f}s, held-out greedy"
               f" {r['greedy']:.1%}, temperature 1 {r['temp1']:.1%}")

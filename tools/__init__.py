@@ -1,0 +1,1 @@
+"""Tools a model can call during a multi-turn rollout: pure functions beside the graders of `rewards/`."""
