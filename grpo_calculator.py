@@ -9,19 +9,14 @@ Algorithm (GRPO, DeepSeekMath https://arxiv.org/abs/2402.03300 §4; R1-zero reci
 for each step, sample G trajectories for each of P prompts from the current policy (vLLM, in turns with the tool),
 grade them with a rule, turn each reward into an advantage relative to the other G samples of the same prompt, and
 take PPO-clip steps on those advantages with a k3 KL penalty to the frozen initial policy. No critic, no reward model.
-`diff grpo_countdown.py grpo_calculator.py` shows what a tool changes: the task block, its settings, and the rollout:
-- Turns (`rollout`): each turn is one batched `generate` over every unfinished trajectory of the rank; generation
-  stops at the tool call's closing tag, the tool runs, its output is tokenized once and appended, and the next turn
-  continues from the exact token ids so far. A trajectory ends at its answer (a turn that calls no tool), at
-  `--max-turns`, or when its sampled and tool tokens reach `--max-response-tokens`; a tool's output is cut at
-  `--max-tool-tokens`. Each rank runs its own turns, with no collective inside the loop.
-- Token-exact: the trainer's input ids are the prompt's, the ids vLLM sampled and the tool outputs' ids, in order.
-  The model's text is decoded to run the tool and to grade, never re-encoded into the history: BPE would merge
-  tokens across a turn's boundary, and the trainer would score tokens that were never sampled (docs/tool_use.md).
-- Only sampled tokens train: the batch's `response_mask` marks them, so the loss, the KL term, the importance
-  weights and every per-token metric see the tool's tokens, like the prompt's, as context only.
-- Seeds per (step, rank, trajectory, turn) (`common.dist.sampling_seed`). `--no-tool` answers every call with
-  "error: tool disabled": the same model without its tool (e.g. with `--eval-only`).
+`diff grpo_countdown.py grpo_calculator.py` shows what a tool changes: the task block (with `call_tool`), its
+settings, and the rollout phase, which samples in turns (`common.multiturn.rollout`): each turn is one batched
+`generate` over every unfinished trajectory of the rank, stopped at the tool call's closing tag; the tool runs, its
+output is tokenized once and appended, and the next turn continues from the exact token ids so far, never from
+re-encoded text (BPE would merge tokens across a turn's boundary, and the trainer would score tokens that were never
+sampled: docs/tool_use.md). Limits: `--max-turns`, `--max-response-tokens`, `--max-tool-tokens`. Only sampled tokens
+train: the batch's `response_mask` marks them, so the loss, the KL term, the importance weights and every per-token
+metric see the tool's tokens as context. Seeds per (step, rank, trajectory, turn). `--no-tool`: every call errs.
 
 Departures from the paper, all deliberate:
 - Token-level loss aggregation (DAPO https://arxiv.org/abs/2503.14476 §3.3): the loss is the mean over every
@@ -49,11 +44,10 @@ Launch:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -167,10 +161,8 @@ class Args(RunArgs):  # RunArgs (common/config.py): outputs, logging, precision,
 PRESETS = {
     "default": Args(),
     "tiny": Args(preset="tiny", model="tiny_models/calculator", train_size=20_000, test_size=200,
-                 # the held-out accuracy is up from 28.5% by step 5 (the habit dropped), then stays (docs/tool_use.md);
-                 # top-p 1: every digit the model may copy stays in reach of exploration
-                 num_steps=20, prompts_per_step=64, samples_per_prompt=8, top_p=1.0, max_response_tokens=96, max_turns=4,
-                 max_tool_tokens=24,
+                 # held-out accuracy is up from 28.5% by step 5, then stays; top-p 1: every digit stays reachable (docs/tool_use.md)
+                 num_steps=20, prompts_per_step=64, samples_per_prompt=8, top_p=1.0, max_response_tokens=96, max_turns=4, max_tool_tokens=24,
                  # 2 optimizer steps per rollout, not 8: as accurate in half the steps, each step cheaper (docs/cpu_performance.md)
                  mini_batch_size=256, micro_batch_size=128, learning_rate=2e-4, lr_schedule="cosine", warmup_steps=10,
                  kl_coef=0.0, eval_every=5, logprob_token_budget=4096,
@@ -197,8 +189,7 @@ def check_args(args: Args) -> None:
     if not args.num_operands or min(args.num_operands) < 2:
         raise ConfigError(f"--num-operands {args.num_operands}: a problem needs >= 2 numbers (one operation)")
     if args.max_turns * (args.max_generation_rounds if args.dynamic_sampling else 1) > 64:  # common.dist.TURN_STRIDE
-        raise ConfigError(f"--max-turns {args.max_turns}: at most 64 turns a step have their own sampling streams "
-                          "(times --max-generation-rounds with --dynamic-sampling)")
+        raise ConfigError(f"--max-turns {args.max_turns}: at most 64 turns (x rounds of dynamic sampling) a step are seeded")
     if args.is_mask_lower >= args.is_cap:
         raise ConfigError(f"--is-mask-lower {args.is_mask_lower}: must be below --is-cap {args.is_cap}")
     if args.overlong_buffer >= args.max_response_tokens:
@@ -218,11 +209,12 @@ from common.checkpoint import resume_state, save_checkpoint  # noqa: E402
 from common.console import quiet_console  # noqa: E402
 from common.dist import (all_reduce_max, exit_process, global_means, init_distributed, print0,  # noqa: E402
                          seed_everything, shutdown_distributed)
-from common.metrics import (PhaseTimer, RunLogger, add_totals, end_of_step_metrics, mismatch_totals,  # noqa: E402
-                            rollout_totals, summary_line, write_eval_report)
+from common.metrics import (PhaseTimer, RunLogger, add_totals, end_of_step_metrics, evaluate_saved_policy,  # noqa: E402
+                            mismatch_totals, rollout_totals)
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm,  # noqa: E402
                           hf_named_parameters, load_policy, load_tokenizer, lockstep_micro_batches,
                           logprobs_in_micro_batches, pad_batch, select_rows, use_bf16)
+from common.multiturn import evaluate_in_turns, rollout, tool_use_totals  # noqa: E402
 from common.tasks import batch_indices, make_arithmetic_problems, stream_indices  # noqa: E402
 from common.vllm_engine import ColocatedVLLM  # noqa: E402
 from rewards.arithmetic import ARITHMETIC_REASONS, grade_arithmetic  # noqa: E402
@@ -275,136 +267,6 @@ def call_tool(turn_text: str, problem: dict, enabled: bool = True) -> tuple[str,
         return None
     output = calculator(turn_text[: -len(CALL_CLOSE)].rpartition(CALL_OPEN)[2]) if enabled else DISABLED
     return f"<result>{output}</result>", output.startswith("error:")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Multi-turn rollout: turns of generation and tool calls, token-exact (the same for every task with a tool)
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class Trajectory:
-    """One sample of a multi-turn rollout; the rest of the script reads it as a single-turn `Completion`.
-
-    token_ids: everything after the prompt, in order: each turn's sampled ids, then its tool output's ids.
-    sampled:   one bool per id of `token_ids`, True where vLLM sampled it (those train; tool ids are context).
-    logprobs:  vLLM's log-prob of each sampled id, in order.
-    text:      the model's own text, every turn's (what `grade` reads); `shown` adds the tool outputs (logs).
-    end:       "stop" (answered, or a turn called no tool), "max_turns" or "budget" (cut by a limit).
-    Example: prompt [p], a call [5, 6] (vLLM), the tool's [7, 8], an answer [9] -> token_ids [5, 6, 7, 8, 9],
-    sampled [1, 1, 0, 0, 1], 2 logprobs then 1: 3 in all, turns 2, tool_calls 1.
-    """
-    token_ids: list[int] = field(default_factory=list)
-    sampled: list[bool] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    text: str = ""
-    shown: str = ""
-    turns: int = 0
-    tool_calls: int = 0
-    tool_errors: int = 0
-    end: str = ""  # "" while it runs
-
-    @property
-    def finish_reason(self) -> str:
-        """As a `Completion`'s: "length" when cut at the token budget (`rollout/truncated`), else "stop"."""
-        return "length" if self.end == "budget" else "stop"
-
-
-def rollout(engine: ColocatedVLLM, tokenizer, prompt_ids: list[list[int]], problems: list[dict], n: int, args: Args,
-            step: int, *, temperature: float, top_p: float, stream: str = "rollout",
-            first_turn: int = 0) -> list[list[Trajectory]]:
-    """Sample `n` trajectories for each prompt, in turns; returns one list of n per prompt, in order.
-
-    Each turn is one batched `generate` over this rank's unfinished trajectories, each continuing from its exact ids
-    so far (prompt + sampled + tool ids: `TokensPrompt`, never text), seeded by the trajectory's index and the turn
-    (`sampling_seed`; dynamic sampling's round r starts at turn `first_turn` = r * --max-turns). Generation stops at
-    `STOP`; `call_tool` runs on the turn's text (pure Python between two `generate` calls, none inside vLLM's loop);
-    the outputs are tokenized once, in one batch, and appended.
-    A trajectory ends when a turn calls no tool, after `--max-turns` turns (a call in the last turn is not run), or
-    when its sampled and tool tokens reach `--max-response-tokens` (each turn may sample what is left; a tool output
-    is cut to `--max-tool-tokens` and to what is left). No collective: with one engine per rank, ranks run their
-    own number of turns (a tensor-parallel group agrees on it, `group_any`, as it must make the same calls).
-    """
-    trajectories = [Trajectory() for _ in prompt_ids for _ in range(n)]
-    owner = [i for i in range(len(prompt_ids)) for _ in range(n)]                           # trajectory -> prompt
-    for turn in range(args.max_turns):
-        live = [k for k, t in enumerate(trajectories) if not t.end]
-        if not engine.group_any(bool(live)):
-            break
-        outputs = engine.generate([prompt_ids[owner[k]] + trajectories[k].token_ids for k in live],  # exact ids so far
-                                  temperature=temperature, top_p=top_p, stop=STOP, seed=args.seed, step=step,
-                                  max_tokens=[args.max_response_tokens - len(trajectories[k].token_ids) for k in live],
-                                  stream=stream, turn=first_turn + turn, requests=live)
-        calls = []  # (trajectory, text to append, error)
-        for k, (c,) in zip(live, outputs):
-            t = trajectories[k]
-            t.token_ids += c.token_ids
-            t.sampled += [True] * len(c.token_ids)
-            t.logprobs += c.logprobs
-            t.text, t.shown, t.turns = t.text + c.text, t.shown + c.text, t.turns + 1
-            called = call_tool(c.text, problems[owner[k]], not args.no_tool) if c.finish_reason == "stop" else None
-            if c.finish_reason == "length" or len(t.token_ids) >= args.max_response_tokens:
-                t.end = "budget"
-            elif called is None:
-                t.end = "stop"
-            elif turn + 1 == args.max_turns:
-                t.end = "max_turns"
-            else:
-                calls.append((t, *called))
-        tool_ids = tokenizer([text for _, text, _ in calls], add_special_tokens=False).input_ids if calls else []
-        for (t, _, error), ids in zip(calls, tool_ids):
-            ids = ids[: min(args.max_tool_tokens, args.max_response_tokens - len(t.token_ids))]
-            t.token_ids += ids
-            t.sampled += [False] * len(ids)
-            t.shown += tokenizer.decode(ids)
-            t.tool_calls, t.tool_errors = t.tool_calls + 1, t.tool_errors + error
-            if len(t.token_ids) >= args.max_response_tokens:
-                t.end = "budget"
-    return [trajectories[i * n: (i + 1) * n] for i in range(len(prompt_ids))]
-
-
-def evaluate_in_turns(engine: ColocatedVLLM, tokenizer, problems: list[dict], prompt_ids: list[list[int]], args: Args,
-                      step: int, device: torch.device) -> tuple[dict[str, float], list[dict]]:
-    """`common.metrics.evaluate_held_out` with trajectories: sample `--eval-samples-per-prompt` of them (in turns, with
-    the tool, or without it under `--no-tool`) for each of this rank's held-out problems and grade them. Returns the
-    `eval/` metrics over all ranks (a collective) and this rank's samples, k rows per problem, in order."""
-    k = args.eval_samples_per_prompt
-    groups = rollout(engine, tokenizer, prompt_ids, problems, k, args, step, temperature=args.eval_temperature,
-                     top_p=args.eval_top_p, stream="eval")
-    grades = [[grade(t.text, p) for t in g] for p, g in zip(problems, groups)]
-    flat = [r for gr in grades for r in gr]
-    trajectories = [t for g in groups for t in g]
-    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
-                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
-                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                          "eval/response_len": (sum(sum(t.sampled) for t in trajectories), len(flat)),
-                          "eval/tool_calls_mean": (sum(t.tool_calls for t in trajectories), len(flat))}, device)
-    rows = [{"problem": json.dumps(p), "completion": t.shown, "reward": r, "reason": why}
-            for p, g, gr in zip(problems, groups, grades) for t, (r, why) in zip(g, gr)]
-    return stats, rows
-
-
-def tool_use_totals(grades: list[list[tuple[float, str]]], groups: list[list[Trajectory]],
-                    world: int) -> dict[str, list[float]]:
-    """This rank's [sum, count] of the tool-use metrics (docs/metrics.md), reduced over ranks with the others; and
-    `rollout/response_len_mean` and `rollout/tokens` over the sampled tokens only (they replace `rollout_totals`', which
-    would count the tool's too). Example: two trajectories, one answering right after 1 call (2 turns, 5 sampled + 3 tool
-    tokens), one at once (1 turn, 4 sampled tokens, wrong) -> turns_mean [3, 2], tool_calls_mean [1, 2],
-    tool_token_frac [3, 12], accuracy_tool [1, 1], accuracy_no_tool [0, 1], response_len_mean [9, 2]."""
-    ts = [t for g in groups for t in g]
-    correct = [r == 1.0 for g in grades for r, _ in g]
-    used = [t.tool_calls > 0 for t in ts]
-    n, calls = float(len(ts)), float(sum(t.tool_calls for t in ts))
-    sampled, tokens = float(sum(sum(t.sampled) for t in ts)), float(sum(len(t.sampled) for t in ts))
-    return {
-        "rollout/turns_mean": [float(sum(t.turns for t in ts)), n],
-        "rollout/tool_calls_mean": [calls, n],
-        "rollout/tool_error_frac": [float(sum(t.tool_errors for t in ts)), calls],
-        "rollout/cut_by_limit": [float(sum(t.end in ("max_turns", "budget") for t in ts)), n],
-        "rollout/tool_token_frac": [tokens - sampled, tokens],
-        "reward/accuracy_tool": [float(sum(c and u for c, u in zip(correct, used))), float(sum(used))],
-        "reward/accuracy_no_tool": [float(sum(c and not u for c, u in zip(correct, used))), n - sum(used)],
-        "rollout/response_len_mean": [sampled, n],
-        "rollout/tokens": [sampled, 1.0 / world],
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,15 +399,12 @@ def main(args: Args) -> None:
     first = [train_set[i] for i in batch_indices(0, args.prompts_per_step, len(train_set), args.seed)][dist.rank:: world]
     check_prompt_lengths([*zip(test_prompt_ids, test_share), *((encode(p), p) for p in first)], args.max_prompt_tokens,
                          dist.device)  # one line naming the longest
-    held_out = lambda engine, step: evaluate_in_turns(engine, tokenizer, test_share, test_prompt_ids, args, step, dist.device)
+    held_out = lambda engine, step: evaluate_in_turns(engine, tokenizer, test_share, test_prompt_ids, grade, STOP, call_tool,
+                                                      args, step, dist.device)
 
-    # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
-    if args.eval_only is not None:
-        engine = ColocatedVLLM.from_args(args, dist)
-        write_eval_report(run_dir / "eval_samples.jsonl", args.model, *held_out(engine, 0), args.eval_samples_per_prompt)
-        engine.shutdown()
-        shutdown_distributed()
-        return
+    if args.eval_only is not None:  # evaluate a saved policy on the held-out set, write its samples, stop
+        evaluate_saved_policy(args, dist, held_out, run_dir)
+        return shutdown_distributed()
 
     # ---- models: policy (trained), reference (frozen, for the KL term), one vLLM engine per rank
     bf16 = use_bf16(args.bf16, dist.device)  # on CPU only with AMX, where it pays
@@ -566,13 +425,11 @@ def main(args: Args) -> None:
                        run_name=args.exp_name, resume=start_step > 0, start_step=start_step)
     timer = PhaseTimer(dist.device)
     guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
-    eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
         stats, rows = held_out(engine, step)
         logger.log_samples(rows[:: args.eval_samples_per_prompt][: args.eval_samples_logged], step)  # 1 per problem
-        eval_history.append((step, stats["eval/accuracy"]))
         return stats
 
     started = time.time()
@@ -599,8 +456,8 @@ def main(args: Args) -> None:
             drawn = [train_set[i] for i in shard]
             ids = [encode(p) for p in drawn]
             with timer("generate"):  # in turns, with the tool; each round its own random streams (`first_turn`)
-                new = rollout(engine, tokenizer, ids, drawn, args.samples_per_prompt, args, step, temperature=args.temperature,
-                              top_p=args.top_p, first_turn=round_ * args.max_turns)
+                new = rollout(engine, tokenizer, ids, drawn, args.samples_per_prompt, STOP, call_tool, args, step,
+                              temperature=args.temperature, top_p=args.top_p, first_turn=round_ * args.max_turns)
             with timer("grade"):
                 new_grades = [[grade(c.text, p) for c in g] for p, g in zip(drawn, new)]
             problems, prompt_ids, groups, grades = problems + drawn, prompt_ids + ids, groups + new, grades + new_grades
@@ -731,7 +588,7 @@ def main(args: Args) -> None:
     logger.log(final, args.num_steps)
     save_checkpoint(run_dir / f"step_{args.num_steps:06d}", dist, **trained, tokenizer=tokenizer,
                     state={"step": args.num_steps, "data_position": position})
-    print0(summary_line(eval_history, started, run_dir))
+    print0(logger.summary(started))
     logger.finish()
     engine.shutdown()
     del policy, reference, optimizer, scheduler, trained

@@ -195,7 +195,7 @@ from common.console import quiet_console  # noqa: E402
 from common.dist import (all_reduce_max, exit_process, global_means, init_distributed, print0,  # noqa: E402
                          seed_everything, shutdown_distributed)
 from common.metrics import (PhaseTimer, RunLogger, add_totals, end_of_step_metrics, evaluate_held_out,  # noqa: E402
-                            mismatch_totals, rollout_totals, summary_line, write_eval_report)
+                            evaluate_saved_policy, mismatch_totals, rollout_totals)
 from common.model import (NonFiniteGuard, build_optimizer, build_scheduler, clip_grad_norm,  # noqa: E402
                           hf_named_parameters, load_critic, load_policy, load_tokenizer, lockstep_micro_batches,
                           logprobs_in_micro_batches, pad_batch, select_rows, use_bf16, values_in_micro_batches)
@@ -388,13 +388,9 @@ def main(args: Args) -> None:
                          dist.device)  # one line naming the longest
     held_out = lambda engine, step: evaluate_held_out(engine, test_share, test_prompt_ids, grade, STOP, args, step, dist.device)
 
-    # ---- --eval-only: evaluate a saved policy on the held-out set, write its samples, stop (vLLM reads it from disk)
-    if args.eval_only is not None:
-        engine = ColocatedVLLM.from_args(args, dist)
-        write_eval_report(run_dir / "eval_samples.jsonl", args.model, *held_out(engine, 0), args.eval_samples_per_prompt)
-        engine.shutdown()
-        shutdown_distributed()
-        return
+    if args.eval_only is not None:  # evaluate a saved policy on the held-out set, write its samples, stop
+        evaluate_saved_policy(args, dist, held_out, run_dir)
+        return shutdown_distributed()
 
     # ---- models: policy and critic (trained), reference (frozen, for the KL terms), one vLLM engine per rank
     bf16 = use_bf16(args.bf16, dist.device)  # on CPU only with AMX, where it pays
@@ -417,13 +413,11 @@ def main(args: Args) -> None:
                        run_name=args.exp_name, resume=start_step > 0, start_step=start_step)
     timer = PhaseTimer(dist.device)
     guard = NonFiniteGuard(args.max_nonfinite_skips, dist)  # no optimizer step on a NaN/inf loss or gradient norm
-    eval_history: list[tuple[int, float]] = []
 
     def evaluate(step: int) -> dict[str, float]:
         """Sample this rank's share of the held-out set and grade it (the engine must be awake and synced)."""
         stats, rows = held_out(engine, step)
         logger.log_samples(rows[:: args.eval_samples_per_prompt][: args.eval_samples_logged], step)  # 1 per problem
-        eval_history.append((step, stats["eval/accuracy"]))
         return stats
 
     started = time.time()
@@ -577,7 +571,7 @@ def main(args: Args) -> None:
     engine.sleep()
     logger.log(final, args.num_steps)
     save_checkpoint(run_dir / f"step_{args.num_steps:06d}", dist, **trained, state={"step": args.num_steps}, tokenizer=tokenizer)
-    print0(summary_line(eval_history, started, run_dir))
+    print0(logger.summary(started))
     logger.finish()
     engine.shutdown()
     del policy, critic, reference, optimizer, critic_optimizer, scheduler, critic_scheduler, trained

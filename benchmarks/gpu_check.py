@@ -25,6 +25,10 @@ threshold it was held to, and a verdict:
                  tokens, one GPU's share of the default 8-GPU run: seconds per phase, the exact check's cost against
                  the sync, generated tokens/s, trainer MFU with fixed 2-sample micro-batches and with token-budget
                  micro-batches (`--train-token-budget`), peak memory awake and in training.
+  multiturn3b    GPU only: one step of grpo_calculator.py's multi-turn rollout and update at the same shape (a stand-in
+                 tool: a turn ends at the text "w151", the tool answers 32 fixed ids): seconds per phase and per turn,
+                 turns per trajectory, sampled tokens/s with prefix caching on, trainer MFU; the trainer's ids are the
+                 sampled + tool ids and its mask the sampled ones.
 Without CUDA it runs cycles_tied, cycles_untied, grpo and ppo on CPU with tiny models (float32) and says which it
 skipped. Compile caches (torch inductor, Triton, vLLM) are shared by all parts and kept across runs in `--cache-dir`,
 and each part's time limit is cut to what is left of the 12-minute total, so a cold machine finishes in time.
@@ -44,9 +48,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PARTS = ("cycles_tied", "cycles_untied", "cycles_2gpu", "grpo", "ppo", "step3b")
+PARTS = ("cycles_tied", "cycles_untied", "cycles_2gpu", "grpo", "ppo", "step3b", "multiturn3b")
 BUDGET_S = 12 * 60  # the whole check; each part's limit is cut to what is left
-PART_LIMIT_S = {"cycles_tied": 240, "cycles_untied": 150, "cycles_2gpu": 150, "grpo": 240, "ppo": 240, "step3b": 420}
+PART_LIMIT_S = {"cycles_tied": 240, "cycles_untied": 150, "cycles_2gpu": 150, "grpo": 240, "ppo": 240, "step3b": 360,
+                "multiturn3b": 300}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "B200": 2250.0}  # dense, per GPU
 QWEN25_3B = dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16, num_key_value_heads=2,
                  intermediate_size=11008, vocab_size=151_936, tie_word_embeddings=True, max_position_embeddings=4096,
@@ -325,6 +330,153 @@ def step3b_checks(r: dict) -> list[tuple[str, str, str, bool]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Part: one multi-turn GRPO step (grpo_calculator.py's rollout) of a Qwen2.5-3B-shaped model (GPU only)
+# ---------------------------------------------------------------------------------------------------------------
+MULTITURN_STOP = "w151"  # stand-in tool call: a random model writes a token starting "w151" about once in 145 tokens
+
+
+def part_multiturn3b(work: Path, prompts: int = 16, samples: int = 8, max_turns: int = 4, max_response: int = 1024,
+                     tool_tokens: int = 32, prompt_len: int = 150, micro_batch: int = 2, mini_batch: int = 16) -> dict:
+    """One step of grpo_calculator.py at one GPU's share of the default 8-GPU run: its multi-turn rollout
+    (`common.multiturn.rollout`: one batched generate per turn over the unfinished trajectories, each continuing from
+    its exact ids, vLLM's prefix cache re-using their histories), the trainer's log-prob pass and a GRPO update on the
+    sampled-token mask. A random model never writes a real call, so the task is a stand-in: a turn ends at the text
+    "w151" (~145 tokens on average) and the tool answers `tool_tokens` fixed ids. Reports seconds per phase and per
+    turn, turns and tool tokens per trajectory, sampled tokens/s and trainer MFU, and checks the trainer's ids (sampled
+    + tool ids) and mask (the sampled ones, one vLLM log-prob each)."""
+    import dataclasses
+    import types
+
+    import torch
+
+    import grpo_calculator as script
+    from common.dist import init_distributed, seed_everything
+    from common.model import (build_optimizer, clip_grad_norm, hf_named_parameters, load_policy, load_tokenizer,
+                              logprobs_in_micro_batches, pad_batch, select_rows)
+    from common.multiturn import rollout
+    from common.vllm_engine import ColocatedVLLM
+
+    dist = init_distributed()
+    seed_everything(0)
+    model_dir = str(save_random_3b(Path(tempfile.gettempdir()) / "qwen25_3b_shaped"))
+    tokenizer = load_tokenizer(model_dir)
+    policy = load_policy(model_dir, dist, bf16=True, activation_checkpointing=True)
+    optimizer = build_optimizer(policy, lr=1e-6)
+    engine = ColocatedVLLM(model_dir, dist, max_model_len=prompt_len + max_response, gpu_memory_utilization=0.25,
+                           rollout_seqs=prompts * samples)
+    args = dataclasses.replace(script.Args(), max_turns=max_turns, max_response_tokens=max_response,
+                               max_tool_tokens=tool_tokens, seed=0)
+    call_tool = lambda text, problem, enabled=True: ("<result>", False) if text.endswith(MULTITURN_STOP) else None
+    # the random model's word-level tokenizer encodes no text of its own vocabulary: the tool's output is fixed ids
+    tool_ids = lambda texts, add_special_tokens=False: types.SimpleNamespace(input_ids=[list(range(7, 7 + tool_tokens))] * len(texts))
+    rng = torch.Generator().manual_seed(0)
+    prompt_ids = [torch.randint(0, len(tokenizer) - 1, (prompt_len,), generator=rng).tolist() for _ in range(prompts)]
+    times, turn_s = {}, []
+    generate = engine.generate
+
+    def timed_generate(*a, **kw):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = generate(*a, **kw)
+        turn_s.append(time.perf_counter() - start)
+        return out
+
+    engine.generate = timed_generate
+
+    def clock(name, fn):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    class ToolTokenizer:  # what `rollout` needs of a tokenizer: encode the tool's outputs, decode for the logs
+        __call__ = staticmethod(tool_ids)
+        decode = staticmethod(tokenizer.decode)
+
+    out = {"device": torch.cuda.get_device_name(),
+           "prefix_caching": engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching}
+    engine.sleep()
+    for step in range(2):  # step 0 warms up; step 1 is reported
+        times.clear()
+        turn_s.clear()
+        torch.cuda.reset_peak_memory_stats()
+        clock("sync", lambda: engine.wake_and_sync(policy, hf_named_parameters(policy)))
+        groups = clock("rollout", lambda: rollout(engine, ToolTokenizer(), prompt_ids, [{}] * prompts, samples,
+                                                  [MULTITURN_STOP], call_tool, args, step, temperature=1.0, top_p=1.0))
+        clock("sleep", engine.sleep)
+        trajectories = [(i, t) for i, g in enumerate(groups) for t in g]
+        batch = pad_batch([prompt_ids[i] for i, _ in trajectories], [t.token_ids for _, t in trajectories], 0,
+                          [t.sampled for _, t in trajectories])                                   # (B, L) each
+        mask = batch["response_mask"]                                                             # (B, L)
+        old = clock("old_logprobs", lambda: logprobs_in_micro_batches(policy, batch, temperature=1.0, max_tokens=16384,
+                                                                        device=dist.device)[0])  # (B, L)
+        vllm_lp = torch.cat([torch.tensor(t.logprobs) for _, t in trajectories])                  # (N,)
+        rewards = torch.rand(len(trajectories), generator=rng)                                     # (B,)
+        advantages = script.group_advantages(rewards, torch.tensor([i for i, _ in trajectories]), True)[:, None] * mask
+
+        def train():
+            """grpo_calculator.py's update (no KL): fixed micro-batches, the token mean over the sampled mask."""
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            for m in range(0, len(trajectories), mini_batch):
+                mini = sorted(range(m, m + mini_batch), key=lambda i: -lengths[i])
+                normaliser = float(mask[mini].sum())
+                for u in range(0, mini_batch, micro_batch):
+                    rows = mini[u: u + micro_batch]
+                    mb = select_rows(batch, rows, dist.device)
+                    l = mb["input_ids"].shape[1]
+                    logprobs, _ = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"], 1.0)  # (b, l)
+                    pg = script.policy_loss_terms(logprobs, old[rows, :l].to(dist.device), old[rows, :l].to(dist.device),
+                                                  advantages[rows, :l].to(dist.device), 0.2)[0]            # (b, l)
+                    ((pg * mb["response_mask"]).sum() / normaliser).backward()
+                clip_grad_norm(policy, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        clock("train", train)
+    out["mem_train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    sampled = int(mask.sum())
+    tokens = int(batch["attention_mask"].sum())
+    seq = batch["attention_mask"].sum(-1).float()                                                 # (B,)
+    n_params = sum(p.numel() for p in policy.parameters())
+    layers, hidden = QWEN25_3B["num_hidden_layers"], QWEN25_3B["hidden_size"]
+    flops = 6 * n_params * tokens + 12 * layers * hidden * float((seq * seq).sum())               # PaLM App. B
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in out["device"]), float("nan"))
+    ts = [t for _, t in trajectories]
+    out.update(
+        times_s=dict(times), step_s=sum(times.values()), turn_s=list(turn_s),
+        turns_mean=sum(t.turns for t in ts) / len(ts), tool_calls_mean=sum(t.tool_calls for t in ts) / len(ts),
+        tool_token_frac=sum(len(t.sampled) - sum(t.sampled) for t in ts) / max(sum(len(t.sampled) for t in ts), 1),
+        cut_frac=sum(t.end != "stop" for t in ts) / len(ts), sampled_tokens=sampled,
+        generate_tokens_per_s=sampled / times["rollout"], mfu=flops / times["train"] / 1e12 / peak,
+        # the trainer's ids are the sampled and tool ids: the mask holds exactly the sampled tokens, one vLLM log-prob
+        # each, and the trainer's log-probs there are vLLM's up to bf16 (mean |gap|)
+        ids_exact=all(batch["input_ids"][k, : len(prompt_ids[i]) + len(t.token_ids)].tolist() == prompt_ids[i] + t.token_ids
+                      for k, (i, t) in enumerate(trajectories)) and sampled == len(vllm_lp),
+        logprob_gap=float((old[mask] - vllm_lp).abs().mean()),
+    )
+    engine.shutdown()
+    return out
+
+
+def multiturn3b_checks(r: dict) -> list[tuple[str, str, str, bool]]:
+    t = r["times_s"]
+    return [
+        ("multi-turn step seconds by phase", f"{r['step_s']:.1f} s = " + " + ".join(f"{k} {v:.1f}" for k, v in t.items()),
+         "report", True),
+        ("seconds per turn (generate)", ", ".join(f"{s:.1f}" for s in r["turn_s"]), "report", True),
+        ("turns, tool calls per trajectory", f"{r['turns_mean']:.2f}, {r['tool_calls_mean']:.2f} (tool tokens "
+         f"{100 * r['tool_token_frac']:.0f}%, cut by a limit {100 * r['cut_frac']:.0f}%)", "> 1 turn", r["turns_mean"] > 1),
+        ("generation, prefix caching " + ("on" if r["prefix_caching"] else "OFF"),
+         f"{r['generate_tokens_per_s']:.0f} sampled tokens/s ({r['sampled_tokens']} tokens)", "caching on", r["prefix_caching"]),
+        ("trainer ids = sampled + tool ids, mask = sampled", "exact" if r["ids_exact"] else "DIFFER", "exact", r["ids_exact"]),
+        ("vLLM/trainer log-prob gap on sampled tokens", f"{r['logprob_gap']:.3g}", "<= 0.1 (bf16)", r["logprob_gap"] <= 0.1),
+        ("trainer MFU, 2-sample micro-batches", f"{fmt(100 * r['mfu'], '.0f')}% ({t['train']:.1f} s, peak "
+         f"{r['mem_train_peak_gib']:.1f} GiB)", "report", True),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Part: the real scripts, tiny presets
 # ---------------------------------------------------------------------------------------------------------------
 def part_script(name: str, work: Path, on_gpu: bool, limit_s: float) -> dict:
@@ -381,7 +533,8 @@ def run_part(part: str, out_dir: Path, limit_s: float, cache_dir: Path) -> dict:
     result["wall_s"] = time.perf_counter() - start
     if "error" not in result:
         result["checks"] = (cycles_checks(result) if part.startswith("cycles") else
-                            step3b_checks(result) if part == "step3b" else script_checks(result))
+                            step3b_checks(result) if part == "step3b" else
+                            multiturn3b_checks(result) if part == "multiturn3b" else script_checks(result))
         result["ok"] = all(passed for *_, passed in result["checks"])
     return result
 
@@ -423,6 +576,8 @@ def main() -> None:
             result = part_cycles(args.part != "cycles_untied", out_dir)
         elif args.part == "step3b":
             result = part_step3b(out_dir)
+        elif args.part == "multiturn3b":
+            result = part_multiturn3b(out_dir)
         else:
             result = part_script(args.part, out_dir, on_gpu, args.limit_s)
         from common.dist import exit_process, shutdown_distributed
@@ -437,7 +592,7 @@ def main() -> None:
     gpus = torch.cuda.device_count() if on_gpu else 0
     skipped = {p: "left out (--skip)" for p in PARTS if p in args.skip}
     if not on_gpu:
-        skipped["step3b"] = "needs CUDA"
+        skipped["step3b"] = skipped["multiturn3b"] = "needs CUDA"
     if gpus < 2:
         skipped["cycles_2gpu"] = "needs 2 GPUs"
     print(f"gpu_check: {'CUDA ' + torch.cuda.get_device_name() + f' x {gpus}' if on_gpu else 'no CUDA: CPU mode, tiny models, float32'}; "

@@ -80,6 +80,7 @@ class RunLogger:
         self.out_dir = Path(out_dir)
         self.console_keys = console_keys
         self.wandb = None
+        self.evals: list[tuple[int, float]] = []  # (step, held-out accuracy) of the evaluations this process logged
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,12 +98,23 @@ class RunLogger:
         if not self.enabled:
             return
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if "eval/accuracy" in row:  # for the run's last line (`summary`)
+            self.evals.append((step, row["eval/accuracy"]))
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
         shown = [f"{k} {metrics[k]:.4g}" for k in self.console_keys if k in metrics]
         tqdm.write(f"step {step:>5} | " + " | ".join(shown))  # keeps a progress bar intact
+
+    def summary(self, started: float) -> str:
+        """The last line of a run (rank 0; "" elsewhere): held-out accuracy at the first and the last evaluation this
+        process logged, and the minutes since `started` (a `time.time()`)."""
+        if not self.evals:
+            return ""
+        (first_step, first), (last_step, last) = self.evals[0], self.evals[-1]
+        return (f"held-out accuracy {100 * first:.1f}% (step {first_step}) -> {100 * last:.1f}% (step {last_step}) in "
+                f"{(time.time() - started) / 60:.1f} min; outputs in {self.out_dir}")
 
     def log_samples(self, rows: list[dict], step: int) -> None:
         """A table of sample completions (prompt, completion, reward, ...)."""
@@ -164,6 +176,17 @@ def plot_metrics(jsonl: Path, png: Path, panels=PLOT_PANELS) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)
+
+
+def evaluate_saved_policy(args, dist_info, held_out, run_dir: Path) -> None:
+    """`--eval-only`: an engine on the saved policy (`args.model`: vLLM reads it from disk), `held_out(engine, 0)` on
+    the held-out set, every sample to <run_dir>/eval_samples.jsonl and one summary line (`write_eval_report`), the
+    engine released. Collective."""
+    from common.vllm_engine import ColocatedVLLM
+
+    engine = ColocatedVLLM.from_args(args, dist_info)
+    write_eval_report(run_dir / "eval_samples.jsonl", args.model, *held_out(engine, 0), args.eval_samples_per_prompt)
+    engine.shutdown()
 
 
 def write_eval_report(path: Path, model: str, stats: dict[str, float], rows: list[dict], k: int) -> None:
@@ -254,10 +277,3 @@ def evaluate_held_out(engine, problems: list[dict], prompt_ids: list[list[int]],
     rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
             for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
     return stats, rows
-
-
-def summary_line(eval_history: list[tuple[int, float]], started: float, run_dir: Path) -> str:
-    """The last line of a run: held-out accuracy at the first and the last evaluation, minutes since `started`."""
-    (first_step, first), (last_step, last) = eval_history[0], eval_history[-1]
-    return (f"held-out accuracy {100 * first:.1f}% (step {first_step}) -> {100 * last:.1f}% (step {last_step}) in "
-            f"{(time.time() - started) / 60:.1f} min; outputs in {run_dir}")

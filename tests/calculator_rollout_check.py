@@ -1,4 +1,5 @@
-"""Run with plain `python` (a world of one) by test_calculator_rollout.py: grpo_calculator.py's multi-turn `rollout`
+"""Run with plain `python` (a world of one) by test_calculator_rollout.py: the multi-turn `rollout` of grpo_calculator.py
+(`common.multiturn.rollout` with its STOP and `call_tool`)
 with the shipped tiny calculator model (or the model folder given after OUT) and a real vLLM engine, every
 `generate` call recorded on the way.
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpo_calculator as script  # noqa: E402
 from common.dist import exit_process, init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import load_policy, load_tokenizer, logprobs_in_micro_batches, pad_batch  # noqa: E402
+from common.multiturn import rollout  # noqa: E402
 from common.tasks import make_arithmetic_problems  # noqa: E402
 from common.vllm_engine import ColocatedVLLM  # noqa: E402
 
@@ -48,10 +50,10 @@ def main(out: Path, model: str) -> None:
         return groups
 
     engine.generate = recorded
-    groups = script.rollout(engine, tokenizer, prompt_ids, problems, 4, args, step=0, temperature=1.0, top_p=1.0)
+    groups = rollout(engine, tokenizer, prompt_ids, problems, 4, script.STOP, script.call_tool, args, step=0, temperature=1.0, top_p=1.0)
     first_calls = list(calls)
-    again = script.rollout(engine, tokenizer, prompt_ids, problems, 4, args, step=0, temperature=1.0, top_p=1.0)
-    other = script.rollout(engine, tokenizer, prompt_ids, problems, 4, args, step=1, temperature=1.0, top_p=1.0)
+    again = rollout(engine, tokenizer, prompt_ids, problems, 4, script.STOP, script.call_tool, args, step=0, temperature=1.0, top_p=1.0)
+    other = rollout(engine, tokenizer, prompt_ids, problems, 4, script.STOP, script.call_tool, args, step=1, temperature=1.0, top_p=1.0)
     samples = [(i, t) for i, g in enumerate(groups) for t in g]
     # the trainer's batch, as the script builds it, and the trainer's log-probs of the sampled tokens
     batch = pad_batch([prompt_ids[i] for i, _ in samples], [t.token_ids for _, t in samples], 0, [t.sampled for _, t in samples])

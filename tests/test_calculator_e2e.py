@@ -18,27 +18,10 @@ SMALL = ["--preset", "tiny", "--train-size", "512", "--test-size", "64", "--prom
          "--mini-batch-size", "16", "--micro-batch-size", "8", "--eval-every", "2", "--top-p", "1.0", "--no-bf16"]
 TOOL_KEYS = {"rollout/turns_mean", "rollout/tool_calls_mean", "rollout/cut_by_limit", "rollout/tool_token_frac",
              "rollout/rank_turns_max", "rollout/rank_turns_min"}
-# The glossary rows of grpo_calculator.py's own metrics, until docs/metrics.md holds them (then this can go).
-GLOSSARY_ROWS = """
-| `rollout/turns_mean` | multi-turn scripts: mean model turns (generate calls) per trajectory |
-| `rollout/tool_calls_mean` | multi-turn scripts: mean tool calls per trajectory (a call in the last allowed turn is not run, not counted) |
-| `rollout/tool_error_frac` | multi-turn scripts: share of the tool calls whose output was an error (`error: ...`, `--no-tool`'s included); absent when no call was made |
-| `rollout/cut_by_limit` | multi-turn scripts: share of trajectories cut by a limit, `--max-turns` or `--max-response-tokens` (sampled and tool tokens together; that one alone is `rollout/truncated`) |
-| `rollout/tool_token_frac` | multi-turn scripts: share of the trajectories' tokens after the prompt that came from tools (context, not trained on) |
-| `rollout/rank_turns_max` | multi-turn scripts: turns (generate calls) of the rank whose turn loop ran longest this step; each rank runs its own loop, with no collective inside |
-| `rollout/rank_turns_min` | multi-turn scripts: turns of the rank whose turn loop ran shortest; the gap to `rank_turns_max` is time the others wait at the next collective |
-| `reward/accuracy_tool` | multi-turn scripts: share correct among the trajectories that called the tool at least once; absent when none did |
-| `reward/accuracy_no_tool` | multi-turn scripts: share correct among the trajectories that never called the tool; absent when all did |
-| `eval/tool_calls_mean` | multi-turn scripts: held-out set: mean tool calls per trajectory |
-"""
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def documented() -> set[str]:
-    return documented_keys() | set(re.findall(r"^\| `([a-z_]+/[a-z_<>]+)` \|", GLOSSARY_ROWS, flags=re.M))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +50,7 @@ def test_calculator_runs_with_finite_documented_metrics(first_run):
     assert "held-out accuracy" in output and (run_dir / "metrics.png").stat().st_size > 1000
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert any("<result>" in s["completion"] for s in samples), "logged trajectories show the tool's outputs"
-    undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented())}
+    undocumented = {k for r in rows for k in r if k != "step" and not is_documented(k, documented_keys())}
     assert not undocumented, f"metrics without a line in the glossary: {undocumented}"
 
 

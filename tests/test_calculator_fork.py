@@ -22,17 +22,18 @@ from tests.test_calculator_e2e import SMALL
 REGIONS = [
     ('"""GRPO', "from __future__"),                           # the docstring: what the fork is, how to launch it
     ("class Args", "# The command line is parsed"),           # settings (data, tool), presets, their checks
-    ("# Task: data, prompt, reward", "# Algorithm: advantages and loss"),  # the task and its tool; the multi-turn rollout
+    ("# Task: data, prompt, reward", "# Algorithm: advantages and loss"),  # the task and its tool
     ("# ===== 1. rollout", "# ===== 2. rewards"),             # the rollout phase: in turns; the batch's sampled mask
     ("# ===== 6. log", "# ===== 7. checkpoint"),              # the log phase: the turns of each rank's loop
 ]
 # imports; the evaluation (in turns)
-SINGLE_LINES = re.compile(r"^(from |import |\s+held_out = lambda engine, step: evaluate_in_turns\(|\s+rollout_totals, summary_line)")
+SINGLE_LINES = re.compile(r"^(from |import |\s+held_out = lambda engine, step: evaluate_in_turns\(|\s+args, step, dist.device\)$"
+                          r"|\s+(evaluate_saved_policy, )?mismatch_totals, rollout_totals\))")
 SYNCED_WITH = "6793c3b"  # the commit of grpo_countdown.py that grpo_calculator.py last matched
 MAX_DIFF_LINES = 450  # `diff grpo_countdown.py grpo_calculator.py | wc -l`
 
 TASK_BANNER = "# Task: data, prompt, reward"
-NEXT_BANNER = "# Multi-turn rollout"
+NEXT_BANNER = "# Algorithm: advantages and loss"
 RECIPE_NAMES = ("load_problems", "make_prompt", "grade", "call_tool", "STOP", "REASONS", "no_answer", TASK_BANNER.lstrip("# "),
                 NEXT_BANNER.lstrip("# "))
 
@@ -107,11 +108,11 @@ def call_tool(turn_text: str, problem: dict, enabled: bool = True) -> tuple[str,
 
 
 def fork(source: str) -> str:
-    """Replace everything from the task banner's line to the line before the multi-turn rollout's banner."""
+    """Replace everything from the task banner's line to the line before the next section's banner."""
     lines = source.splitlines(keepends=True)
     start = next(i for i, line in enumerate(lines) if line.startswith(TASK_BANNER))
     end = next(i for i, line in enumerate(lines) if line.startswith(NEXT_BANNER)) - 1  # keep that banner's rule line
-    assert start < end, "the task block comes before the multi-turn rollout"
+    assert start < end, "the task block comes before the algorithm"
     return "".join(lines[:start]) + ADDER_TASK + "".join(lines[end:])
 
 

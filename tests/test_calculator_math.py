@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from common.model import TokenLogprobLM, pad_batch
-from grpo_calculator import Trajectory, policy_loss_terms, sampler_correction, tool_use_totals
+from common.multiturn import Trajectory, tool_use_totals
+from grpo_calculator import policy_loss_terms, sampler_correction
 from tests.tiny_lm import save_tiny_qwen2
 
 PROMPTS = [[5, 6, 7], [8, 9]]
