@@ -29,7 +29,7 @@ REGIONS = [
 # imports; the evaluation (in turns)
 SINGLE_LINES = re.compile(r"^(from |import |\s+held_out = lambda engine, step: evaluate_in_turns\(|\s+args, step, dist.device\)$"
                           r"|\s+(evaluate_saved_policy, )?mismatch_totals, rollout_totals\))")
-SYNCED_WITH = "6793c3b"  # the commit of grpo_countdown.py that grpo_calculator.py last matched
+SYNCED_WITH = "660f8a3"  # the commit of grpo_countdown.py that grpo_calculator.py last matched
 MAX_DIFF_LINES = 450  # `diff grpo_countdown.py grpo_calculator.py | wc -l`
 
 TASK_BANNER = "# Task: data, prompt, reward"
