@@ -9,6 +9,7 @@ writes what the test asserts on to <out>/rank<r>.json:
   max_num_seqs the sequences vLLM decodes at once (raised to the engine's `rollout_seqs`, 160, on CPU)
   probe_*      the weight-sync probe's error after a correct sync, a push with one tensor perturbed, and a push
                skipped after another optimizer step; probe_raised_* whether it stopped the run, and its message
+  faults       the exact check against every faulty push (`dist_sync_faults.fault_matrix`, float32)
 """
 
 import json
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.dist import exit_process, init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 from common.model import build_optimizer, hf_named_parameters, load_policy, logprobs_in_micro_batches, pad_batch  # noqa: E402
 from common.vllm_engine import ColocatedVLLM, WeightSyncError  # noqa: E402
+from tests.dist_sync_faults import fault_matrix  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
@@ -96,6 +98,14 @@ def main():
     (-logprobs.sum() / batch["response_mask"].sum()).backward()
     optimizer.step()  # one more update, not pushed
     probe(engine, policy, sequences, result, "skipped")
+
+    def train_step():
+        logprobs, _ = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        (-logprobs.sum() / batch["response_mask"].sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    result["faults"] = fault_matrix(engine, policy, train_step, sequences)  # the exact check, in float32
     engine.sleep()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))

@@ -44,6 +44,44 @@ def one_ulp(named, target: str):
         yield name, tensor
 
 
+def fault_matrix(engine, policy, train_step, sequences) -> dict:
+    """Every case of the module's docstring, in order, on an engine and a policy whose weights vLLM may not hold yet:
+    {case: {"error": the exact check's message ("" when it passed), "probe": the probe's mean gap}}, and the seconds
+    of a push and of a check. `train_step()` takes one optimizer step. Also run by dist_sync_check.py (float32)."""
+    named = lambda: list(hf_named_parameters(policy))
+    result = {}
+
+    def case(name, push):
+        if push is not None:
+            engine.sync_weights(policy, push)
+        try:
+            engine.check_weights(policy, named(), step=5)
+            error = ""
+        except WeightSyncError as e:
+            error = str(e)
+        result[name] = {"error": error, "probe": engine.probe_sync(policy, sequences, bound=float("inf"))}
+
+    case("correct", named())
+    start = time.perf_counter()
+    engine.sync_weights(policy, named())
+    result["sync_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.check_weights(policy, named())
+    result["check_s"] = time.perf_counter() - start
+    old = full(named())
+    train_step()
+    case("skipped", None)
+    case("stale", old)
+    case("correct_again", named())
+    case("ulp", list(one_ulp(full(named()), "model.layers.1.mlp.down_proj.weight")))
+    train_step()  # so that the layer left out is one optimizer step stale
+    case("left_out", [(n, p) for n, p in named() if ".layers.0." not in n])
+    engine.sync_weights(policy, named())
+    case("wiped", [(n, torch.zeros(p.shape, dtype=p.dtype)) for n, p in named()])
+    engine.sync_weights(policy, named())  # leave vLLM with the trainer's weights
+    return result
+
+
 def main():
     model_dir, out_dir, dtype = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     quiet_console(False)
@@ -64,38 +102,9 @@ def main():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    named = lambda: list(hf_named_parameters(policy))
-    result = {"dtype": engine.dtype}
-
-    def case(name, push):
-        if push is not None:
-            engine.sync_weights(policy, push)
-        try:
-            engine.check_weights(policy, named(), step=5)
-            error = ""
-        except WeightSyncError as e:
-            error = str(e)
-        result[name] = {"error": error, "probe": engine.probe_sync(policy, sequences, bound=float("inf"))}
-
     for _ in range(2):
         train_step()
-    case("correct", named())
-    start = time.perf_counter()
-    engine.sync_weights(policy, named())
-    result["sync_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    engine.check_weights(policy, named())
-    result["check_s"] = time.perf_counter() - start
-    old = full(named())
-    train_step()
-    case("skipped", None)
-    case("stale", old)
-    case("correct_again", named())
-    case("ulp", list(one_ulp(full(named()), "model.layers.1.mlp.down_proj.weight")))
-    train_step()  # so that the layer left out is one optimizer step stale
-    case("left_out", [(n, p) for n, p in named() if ".layers.0." not in n])
-    engine.sync_weights(policy, named())
-    case("wiped", [(n, torch.zeros(p.shape, dtype=p.dtype)) for n, p in named()])
+    result = {"dtype": engine.dtype, **fault_matrix(engine, policy, train_step, sequences)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))
     engine.shutdown()

@@ -16,6 +16,8 @@ MODEL = ROOT / "tiny_models" / "countdown"
 SMALL = ["--preset", "tiny", "--train-size", "512", "--test-size", "16", "--prompts-per-step", "8", "--samples-per-prompt", "4",
          "--mini-batch-size", "16", "--micro-batch-size", "4", "--eval-every", "2", "--top-p", "1.0", "--save-every", "0"]
 FLOAT32 = ["--no-bf16"]  # the tiny preset is bf16 on an AMX CPU; in float32 vLLM == trainer exactly
+# the first run and the resume check sample with DAPO's dynamic sampling: extra rounds and a saved data position
+DYNAMIC = ["--dynamic-sampling", "--max-generation-rounds", "3"]
 EXPECTED_KEYS = {
     "reward/mean", "reward/accuracy", "reward/format_rate", "reward/solved_prompt_frac", "reward/reason_no_answer",
     "reward/reason_wrong_value", "reward/reason_correct", "rollout/response_len_mean", "rollout/response_len_max",
@@ -46,8 +48,8 @@ def is_documented(key: str, documented: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
-    proc = run_script(["grpo_countdown.py", *SMALL, *FLOAT32, "--num-steps", "3", "--out-dir", str(out), "--exp-name", "a"],
-                      nproc=2)
+    proc = run_script(["grpo_countdown.py", *SMALL, *FLOAT32, *DYNAMIC, "--num-steps", "3", "--out-dir", str(out),
+                       "--exp-name", "a"], nproc=2)
     return out / "a", proc.stdout + proc.stderr
 
 
@@ -70,6 +72,14 @@ def test_grpo_runs_logs_and_learns_something(first_run):
         assert r["rollout/tokens"] > 0 and r["time/generate_s"] > 0
     assert EVAL_KEYS <= set(rows[0]) and EVAL_KEYS <= set(rows[2]) and "eval/accuracy" in rows[3]
     assert any(r["train/advantage_abs"] > 0 for r in rows[:3]), "some group had different rewards"
+    # dynamic sampling: ranks agreed on the rounds; a step that stopped early had its share of groups with signal
+    for r in rows[:3]:
+        rounds = r["rollout/generation_rounds"]
+        assert rounds in (1, 2, 3) and r["rollout/prompts_drawn"] == rounds * 8 and r["rollout/groups_kept"] <= 8, r
+        assert rounds == 3 or r["rollout/groups_kept"] == 8, r
+    assert any(r["rollout/generation_rounds"] > 1 for r in rows[:3]), "the tiny model leaves some groups without signal"
+    saved = torch.load(run_dir / "step_000003" / "trainer_state.pt", weights_only=False)["state"]
+    assert saved["data_position"] == sum(r["rollout/prompts_drawn"] for r in rows[:3]), saved
     assert "held-out accuracy" in output and (run_dir / "metrics.png").stat().st_size > 1000
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"problem", "completion", "reward", "reason"} <= set(samples[0])
@@ -94,9 +104,11 @@ def test_grpo_demo_preset_runs_as_the_readme_launches_it(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags", [
-    ["--is-correction", "token_tis", "--clip-ratio-high", "0.28", "--ratio-level", "sequence"],
-    ["--is-correction", "none", "--no-skip-zero-signal-groups", "--kl-coef", "0.01", "--advantage", "dr_grpo"],
-], ids=["token_tis-clip_higher-gspo", "none-no_skip-kl"])
+    ["--is-correction", "token_tis", "--clip-ratio-high", "0.28", "--ratio-level", "sequence", "--dual-clip", "3",
+     "--train-token-budget", "300"],
+    ["--is-correction", "none", "--no-skip-zero-signal-groups", "--kl-coef", "0.01", "--advantage", "dr_grpo",
+     "--overlong-buffer", "30", "--mask-truncated", "--max-response-tokens", "40"],
+], ids=["token_tis-clip_higher-gspo-dual_clip-token_budget", "none-no_skip-kl-overlong"])
 def test_grpo_loss_options_run_in_the_presets_dtype_with_finite_documented_metrics(flags, tmp_path):
     """The tiny preset's dtype, as the demo runs it: bf16 trainer and vLLM where the CPU has AMX (common.model.use_bf16)."""
     proc = run_script(["grpo_countdown.py", *SMALL, "--num-steps", "2", "--eval-every", "8", "--out-dir", str(tmp_path),
@@ -127,17 +139,18 @@ def test_grpo_checkpoint_loads_and_weights_changed(first_run):
 def test_grpo_resume_continues_exactly(first_run, tmp_path):
     run_dir, _ = first_run
     resumed = tmp_path / "resumed"
-    proc = run_script(["grpo_countdown.py", *SMALL, *FLOAT32, "--num-steps", "4", "--out-dir", str(tmp_path), "--exp-name", "resumed",
-                       "--resume", str(run_dir / "step_000003")], nproc=2)
+    proc = run_script(["grpo_countdown.py", *SMALL, *FLOAT32, *DYNAMIC, "--num-steps", "4", "--out-dir", str(tmp_path),
+                       "--exp-name", "resumed", "--resume", str(run_dir / "step_000003")], nproc=2)
     assert "resumed from" in proc.stdout + proc.stderr
     rows = read_metrics(resumed)
     assert [r["step"] for r in rows] == [3, 4], "the resumed run trains step 3 only, then evaluates"
-    # the uninterrupted 4-step run: its step 3 must be the resumed run's step 3 (same weights, data, seeds)
+    # the uninterrupted 4-step run: its step 3 must be the resumed run's step 3 (same weights, data position, seeds)
     straight = tmp_path / "straight"
-    run_script(["grpo_countdown.py", *SMALL, *FLOAT32, "--num-steps", "4", "--out-dir", str(tmp_path), "--exp-name", "straight"],
-               nproc=2)
+    run_script(["grpo_countdown.py", *SMALL, *FLOAT32, *DYNAMIC, "--num-steps", "4", "--out-dir", str(tmp_path),
+                "--exp-name", "straight"], nproc=2)
     reference = next(r for r in read_metrics(straight) if r["step"] == 3)
-    for key in ("reward/mean", "rollout/response_len_mean", "rollout/tokens", "train/pg_loss", "train/kl"):
+    for key in ("reward/mean", "rollout/response_len_mean", "rollout/tokens", "train/pg_loss", "train/kl",
+                "rollout/prompts_drawn", "rollout/groups_kept"):
         assert (key in rows[0]) == (key in reference), key  # update means are absent when every group was skipped
         assert rows[0].get(key) == pytest.approx(reference.get(key), rel=1e-4, abs=1e-6), key
 

@@ -28,6 +28,7 @@ def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path, vari
             assert r[f"probe_{broken}"] > 1e-2, (broken, r[f"probe_{broken}"])
             assert r[f"probe_raised_{broken}"].startswith("error: vLLM is generating from weights other than the trainer's")
     assert ranks[0]["samples_a"] != ranks[1]["samples_a"], "ranks must sample different completions"
+    assert_every_fault_is_caught([r["faults"] for r in ranks])  # the exact check in float32
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +57,12 @@ def test_sampling_seeds_same_prompt_twice_draws_independent_samples(single_proce
 FAULTS = ("skipped", "stale", "ulp", "left_out", "wiped")
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("dtype, variant", [("float32", "tied"), ("bfloat16", "untied")])
-def test_exact_weight_check_catches_every_faulty_sync_and_passes_correct_ones(tiny_models, tmp_path, dtype, variant):
-    """The exact check (`ColocatedVLLM.check_weights`) after a weight sync, in float32 and in bf16 (vLLM and the
-    trainer both, as on GPU; on a CPU without AMX it runs, slowly): a correct push passes; a skipped push, a push one
-    optimizer step stale, one element moved by one bf16 ulp, a decoder layer left out and wiped weights each stop the
-    run with one line naming the first tensor that differs. The probe misses some of them (one ulp, in bf16 a left-out
-    layer can hide under the noise): the check does not."""
-    run_script(["tests/dist_sync_faults.py", str(tiny_models[variant]), str(tmp_path), dtype], nproc=2, timeout=600)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def assert_every_fault_is_caught(ranks: list[dict]) -> None:
+    """The exact check (`ColocatedVLLM.check_weights`) after a weight sync: a correct push passes; a skipped push, a
+    push one optimizer step stale, one element moved by one bf16 ulp, a decoder layer left out and wiped weights each
+    stop the run with one line naming the first tensor that differs (rank 0; the others stop silently). The probe
+    misses some of them (one ulp; in bf16 a left-out layer can hide under the noise): the check does not."""
     r = ranks[0]
-    assert r["dtype"] == dtype
     for case in ("correct", "correct_again"):
         assert all(rank[case]["error"] == "" for rank in ranks), (case, ranks)
     prefix = "error: vLLM's weights are not the trainer's after the weight sync at step 5: "
@@ -80,6 +75,16 @@ def test_exact_weight_check_catches_every_faulty_sync_and_passes_correct_ones(ti
     assert "Failed to load weights" in r["left_out"]["error"], "vLLM's own warning is named too"
     assert "1 of " in r["ulp"]["error"], "one tensor, no other"
     assert r["check_s"] > 0 and r["sync_s"] > 0
+
+
+@pytest.mark.e2e
+def test_exact_weight_check_in_bf16_catches_every_faulty_sync_and_passes_correct_ones(tiny_models, tmp_path):
+    """bf16, vLLM and the trainer both, as on GPU (on a CPU without AMX it runs, slowly), untied embeddings; float32
+    (both embeddings) runs within test_vllm_matches_trainer_after_updates_and_sync."""
+    run_script(["tests/dist_sync_faults.py", str(tiny_models["untied"]), str(tmp_path), "bfloat16"], nproc=2, timeout=600)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["dtype"] == "bfloat16"
+    assert_every_fault_is_caught(ranks)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
