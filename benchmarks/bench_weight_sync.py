@@ -134,6 +134,9 @@ def timed(fn, repeats: int, device: torch.device) -> list[float]:
 def bench(args: Args) -> None:
     from torch.distributed.tensor import DTensor
 
+    from common.console import quiet_console
+
+    quiet_console(verbose=False)  # the libraries' routine messages (before vLLM is imported): only the table shows
     from common.model import hf_named_parameters, load_policy
     from common.vllm_engine import ColocatedVLLM
 

@@ -138,7 +138,8 @@ def check_ranges(args, **fields_by_rule: tuple[str, ...]) -> None:
 
 
 def check_run_args(args: RunArgs) -> None:
-    """The ranges of `RunArgs`' fields, and the flags they must not be combined with: one `error:` line, before
+    """The ranges of `RunArgs`' fields, the flags they must not be combined with, and under torchrun the batch
+    arithmetic over its ranks (`batch_sizes`; every script's `Args` has its fields): one `error:` line, before
     anything loads. Each script's `check_args` calls it first."""
     check_ranges(args, positive=("logprob_token_budget", "train_token_budget", "vllm_tensor_parallel_size",
                                  "vllm_cpu_kv_cache_gb", "sync_probe_bound"),
@@ -149,6 +150,8 @@ def check_run_args(args: RunArgs) -> None:
         policy_dir(args.eval_only)
         if args.resume is not None:
             raise ConfigError("--eval-only and --resume: choose one (evaluation does not train)")
+    if "WORLD_SIZE" in os.environ:  # set by torchrun: a batch that does not divide fails here, not after torch loads
+        batch_sizes(args, int(os.environ["WORLD_SIZE"]))
 
 
 def check_resume(path: str | None) -> None:

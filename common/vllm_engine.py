@@ -320,9 +320,10 @@ class ColocatedVLLM:
         self.wake(["kv_cache"])
 
     def wake(self, tags: list[str]) -> None:
-        """Wake the memory of `tags` ("weights", "kv_cache"). First, give torch's cached free blocks back to the device first (garbage collected first, as vLLM 0.33's
-        `CuMemAllocator.wake_up` does; 0.26 does not, and TRL empties it before every wake, trl PR 4571): after
-        training, freed activations and gradients stay reserved by torch, and mapping vLLM's memory then runs out."""
+        """Wake the memory of `tags` ("weights", "kv_cache"). Before each wake, a garbage collection, then torch's
+        cached free blocks go back to the device (the order of vLLM 0.33's `CuMemAllocator.wake_up`; 0.26 does
+        neither, and TRL empties the cache before every wake, trl PR 4571): after training, freed activations and
+        gradients stay reserved by torch, and mapping vLLM's memory then runs out."""
         if self.sleep_enabled:
             gc.collect()
             torch.cuda.empty_cache()

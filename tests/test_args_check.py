@@ -5,6 +5,7 @@ message: Python prints it to stderr and exits with status 1, no traceback). The 
 as real subprocesses, which shows the exit status, the single line, and that nothing heavy was imported first.
 """
 
+import os
 import subprocess
 import sys
 import time
@@ -83,6 +84,20 @@ def test_bad_setting_exits_1_with_one_line_before_heavy_imports(script, flags):
     rest = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("import time:")]
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert rest == [rest[0]] and rest[0].startswith(f"error: {flags[0]} "), rest
+    assert not {"torch", "vllm", "transformers"} & set(imported), "checked after a heavy import"
+
+
+@pytest.mark.parametrize("script,flags,message", [
+    ("grpo_countdown.py", ["--prompts-per-step", "3"], "error: --prompts-per-step over ranks"),
+    ("ppo_gsm8k.py", ["--mini-batch-size", "1"], "error: --mini-batch-size over ranks"),
+])
+def test_batch_that_does_not_divide_over_torchruns_ranks_fails_before_heavy_imports(script, flags, message):
+    # torchrun sets WORLD_SIZE in each worker's environment before Python starts: the check needs nothing else
+    proc = subprocess.run([sys.executable, "-X", "importtime", script, "--preset", "tiny", *flags], cwd=ROOT,
+                          env={**os.environ, "WORLD_SIZE": "2"}, capture_output=True, text=True, timeout=120)
+    imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    rest = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 1 and rest == [rest[0]] and rest[0].startswith(message), rest
     assert not {"torch", "vllm", "transformers"} & set(imported), "checked after a heavy import"
 
 

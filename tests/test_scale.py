@@ -17,8 +17,8 @@ import torch
 from tests.run_utils import ROOT, TORCHRUN, run_script
 from tests.test_grpo_e2e import SMALL, read_metrics
 
-# 5 steps, a checkpoint every 2: the SIGKILL comes after step_000002 is complete
-FAULT = ["grpo_countdown.py", *SMALL, "--num-steps", "5", "--save-every", "2", "--resume", "auto"]
+# 3 steps, a checkpoint after each: the SIGKILL comes after step_000001 is complete
+FAULT = ["grpo_countdown.py", *SMALL, "--num-steps", "3", "--save-every", "1", "--resume", "auto"]
 NOT_COMPARED = ("time/", "perf/")  # wall-clock figures differ from run to run
 
 
@@ -127,11 +127,11 @@ def kill_rank_after(proc: subprocess.Popen, ready: Path, rank: int, timeout: flo
 
 @pytest.fixture(scope="module")
 def killed_then_resumed(tmp_path_factory):
-    """FAULT on one node (2 processes), rank 1 SIGKILLed once step_000002 is complete, then the same command again."""
+    """FAULT on one node (2 processes), rank 1 SIGKILLed once step_000001 is complete, then the same command again."""
     out = tmp_path_factory.mktemp("fault")
     command = [TORCHRUN, "--standalone", "--nproc_per_node=2", *FAULT, "--out-dir", str(out), "--exp-name", "run"]
     first = subprocess.Popen(command, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    kill_rank_after(first, out / "run" / "step_000002", rank=1)
+    kill_rank_after(first, out / "run" / "step_000001", rank=1)
     first_output = first.communicate(timeout=300)[0]
     assert first.returncode != 0, f"the run was not interrupted:\n{first_output[-3000:]}"
     interrupted_rows = read_metrics(out / "run")
@@ -149,7 +149,7 @@ def test_two_nodes_equal_one_node(two_node_run, killed_then_resumed):
     one_node = comparable(interrupted_rows[0])
     two_nodes = comparable(read_metrics(two_node_run)[0])
     assert one_node["step"] == 0 and one_node == two_nodes
-    assert (two_node_run / "step_000005" / "trainer_state.pt").is_file()
+    assert (two_node_run / "step_000003" / "trainer_state.pt").is_file()
 
 
 @pytest.mark.e2e
@@ -159,10 +159,10 @@ def test_sigkill_then_resume_auto_equals_uninterrupted_run(two_node_run, killed_
     found = re.search(r"resumed from (\S+) at step (\d+)", output)
     assert found, "the second launch found the checkpoint by itself"
     resumed_from = int(found[2])
-    assert Path(found[1]) == run_dir / f"step_{resumed_from:06d}" and resumed_from in (2, 4)
+    assert Path(found[1]) == run_dir / f"step_{resumed_from:06d}" and resumed_from in (1, 2)
     assert [r["step"] for r in interrupted_rows][:resumed_from] == list(range(resumed_from)), "logged before the kill"
     rows = read_metrics(run_dir)
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5], "the redone steps replace what the killed run logged"
+    assert [r["step"] for r in rows] == [0, 1, 2, 3], "the redone steps replace what the killed run logged"
     uninterrupted = read_metrics(two_node_run)
     for mine, reference in zip(rows[resumed_from:], uninterrupted[resumed_from:]):
         assert comparable(mine) == comparable(reference), f"step {mine['step']} differs after resuming"

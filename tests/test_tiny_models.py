@@ -166,26 +166,38 @@ def test_greedy_accuracy_in_band(name, held_out):
 
 
 VLLM_SCRIPT = """
-import json, sys
+import gc, json, sys
 from vllm import LLM, SamplingParams
-model_dir, prompts = sys.argv[1], json.loads(sys.argv[2])
-llm = LLM(model=model_dir, dtype="float32", max_model_len=512, enforce_eager=True,
-          kv_cache_memory_bytes=128 * 2**20, seed=0)
-outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=80), use_tqdm=False)
-print("RESULT " + json.dumps([o.outputs[0].text for o in outs]))
+results = {}
+for name, (model_dir, prompts) in json.loads(sys.argv[1]).items():  # one engine at a time, one import for all
+    llm = LLM(model=model_dir, dtype="float32", max_model_len=512, enforce_eager=True,
+              kv_cache_memory_bytes=128 * 2**20, seed=0)
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=80), use_tqdm=False)
+    results[name] = [o.outputs[0].text for o in outs]
+    del llm, outs
+    gc.collect()
+print("RESULT " + json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_vllm_generates_like_transformers(name, held_out):
-    """One in-process vLLM engine (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~1 s to start, not ~30 s), in a subprocess
-    so its threads and state stay out of pytest; its greedy text must equal transformers' (float32 both)."""
-    prompts = [prompt for prompt, _ in held_out[name][:VLLM_PROMPTS]]
+@pytest.fixture(scope="module")
+def vllm_greedy(held_out) -> dict[str, tuple[list[str], list[str]]]:
+    """{name: (prompts, vLLM's greedy texts)}: in-process vLLM engines (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~1 s to
+    start, not ~30 s), one subprocess for every model so that their threads and state stay out of pytest."""
+    prompts = {name: [prompt for prompt, _ in held_out[name][:VLLM_PROMPTS]] for name in NAMES}
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(MODELS / name), json.dumps(prompts)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    job = {name: (str(MODELS / name), prompts[name]) for name in NAMES}
+    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env,
+                          timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"vLLM failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    vllm_texts = json.loads(lines[-1][len("RESULT ") :])
+    texts = json.loads(lines[-1][len("RESULT ") :])
+    return {name: (prompts[name], texts[name]) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vllm_generates_like_transformers(name, vllm_greedy):
+    """vLLM's greedy text must equal transformers' (float32 both)."""
+    prompts, vllm_texts = vllm_greedy[name]
     assert vllm_texts == greedy(name, prompts), "vLLM and transformers disagree on greedy completions"
     assert all(t.strip() for t in vllm_texts), vllm_texts

@@ -9,15 +9,16 @@ from tests.run_utils import run_script
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("variant", ["tied", "untied"])
-def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path, variant):
-    run_script(["tests/dist_sync_check.py", str(tiny_models[variant]), str(tmp_path)], nproc=2)
+def test_vllm_matches_trainer_after_updates_and_sync(tiny_models, tmp_path):
+    """Tied embeddings, as the shipped models have; untied ones (their own head to map) are checked exactly in bf16
+    below, and every push of the scripts' end-to-end runs is checked exactly in float32."""
+    run_script(["tests/dist_sync_check.py", str(tiny_models["tied"]), str(tmp_path)], nproc=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         # before the sync, vLLM still has the initial weights: the check can tell synced from stale weights
         assert r["pre_gap"] > 0.1
         # after two AdamW steps and a sync, vLLM's greedy logprobs equal the trainer's
-        assert r["max_gap"] < 1e-4, f"vLLM/trainer logprob gap {r['max_gap']} ({variant} embeddings)"
+        assert r["max_gap"] < 1e-4, f"vLLM/trainer logprob gap {r['max_gap']}"
         assert r["samples_a"] == r["samples_b"], "same seed and step must reproduce the same samples"
         assert r["samples_a"] != r["samples_c"], "another step must draw other samples"
         assert r["big_batch_completions"] == 64 * 8
@@ -80,7 +81,7 @@ def assert_every_fault_is_caught(ranks: list[dict]) -> None:
 @pytest.mark.e2e
 def test_exact_weight_check_in_bf16_catches_every_faulty_sync_and_passes_correct_ones(tiny_models, tmp_path):
     """bf16, vLLM and the trainer both, as on GPU (on a CPU without AMX it runs, slowly), untied embeddings; float32
-    (both embeddings) runs within test_vllm_matches_trainer_after_updates_and_sync."""
+    (tied) runs within test_vllm_matches_trainer_after_updates_and_sync."""
     run_script(["tests/dist_sync_faults.py", str(tiny_models["untied"]), str(tmp_path), "bfloat16"], nproc=2, timeout=600)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["dtype"] == "bfloat16"
