@@ -47,8 +47,8 @@ def is_documented(key: str, documented: set[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grpo")
     """4 steps, a checkpoint after 3 (step_000003): the resume test's uninterrupted reference."""
+    out = tmp_path_factory.mktemp("grpo")
     proc = run_script(["grpo_countdown.py", *SMALL, *FLOAT32, *DYNAMIC, "--num-steps", "4", "--save-every", "3",
                        "--out-dir", str(out), "--exp-name", "a"], nproc=2)
     return out / "a", proc.stdout + proc.stderr

@@ -3,6 +3,7 @@ answered within the time limit, and the timer leaving nothing behind."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -168,12 +169,26 @@ LATEX_TEXT = st.lists(st.sampled_from(LATEX_PIECES), max_size=40).map("".join)
 ANY_TEXT = st.one_of(st.text(max_size=120), LATEX_TEXT, LATEX_TEXT.map(lambda t: f"\\boxed{{{t}}}"))
 
 
+def timed_grade(*args, **kwargs):
+    """(seconds, grade) of one `grade_math` call with Python's cyclic garbage collector paused for its duration: by
+    the time these tests run, the pytest process may hold torch, transformers and vLLM, and a full collection of it
+    (~0.5 s, a pause of the whole process, not the grader's work) once landed inside a call's time (CI, 2026-12-03)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        grade = grade_math(*args, **kwargs)
+        return time.perf_counter() - start, grade
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @FUZZ
 @given(text=ANY_TEXT, reference=st.one_of(LATEX_TEXT, st.sampled_from(["1", "\\frac{1}{2}", "(0, 1]", "x^2"])))
 def test_random_text_never_raises_and_stays_within_the_limit(text, reference):
-    start = time.perf_counter()
-    grade = grade_math(text, reference, time_limit_s=FAST_LIMIT_S)
-    assert time.perf_counter() - start < FAST_LIMIT_S + SLACK_S, (text, reference)
+    elapsed, grade = timed_grade(text, reference, time_limit_s=FAST_LIMIT_S)
+    assert elapsed < FAST_LIMIT_S + SLACK_S, (text, reference)
     assert grade.reason in MATH_REASONS
     assert grade.reward == (CORRECT_REWARD if grade.reason == "correct" else WRONG_REWARD)
 
@@ -252,9 +267,7 @@ ADVERSARIAL = {  # name: boxed answer or whole response; each must come back wit
 
 @pytest.mark.parametrize("response", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
 def test_adversarial_inputs_come_back_within_the_limit(response):
-    start = time.perf_counter()
-    grade = grade_math(response, "\\frac{1}{2}", time_limit_s=FAST_LIMIT_S)
-    elapsed = time.perf_counter() - start
+    elapsed, grade = timed_grade(response, "\\frac{1}{2}", time_limit_s=FAST_LIMIT_S)
     assert elapsed < FAST_LIMIT_S + SLACK_S, (elapsed, grade)
     assert grade.reason in MATH_REASONS
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the timer is off after every call"
@@ -262,9 +275,8 @@ def test_adversarial_inputs_come_back_within_the_limit(response):
 
 def test_default_limit_holds_and_is_the_papers_one_second():
     assert TIME_LIMIT_S == 1.0
-    start = time.perf_counter()
-    grade = grade_math(box("9^{9^{9}}"), "1")
-    assert grade.reason == "timeout" and TIME_LIMIT_S <= time.perf_counter() - start < TIME_LIMIT_S + SLACK_S
+    elapsed, grade = timed_grade(box("9^{9^{9}}"), "1")
+    assert grade.reason == "timeout" and TIME_LIMIT_S <= elapsed < TIME_LIMIT_S + SLACK_S
 
 
 def test_timer_leaves_nothing_behind_and_restores_what_was_there():
