@@ -263,17 +263,26 @@ def evaluate_held_out(engine, problems: list[dict], prompt_ids: list[list[int]],
                       device: torch.device) -> tuple[dict[str, float], list[dict]]:
     """Sample `args.eval_samples_per_prompt` completions (at `eval_temperature`, `eval_top_p`, up to
     `max_response_tokens`) for each of this rank's held-out problems and `grade` them. Returns the `eval/` metrics over
-    all ranks (a collective) and this rank's samples, k rows per problem, in order. A reason `no_answer` counts as
-    unreadable in `eval/format_rate`."""
+    all ranks (a collective) and this rank's samples, k rows per problem, in order (`held_out_results`)."""
     k = args.eval_samples_per_prompt
     groups = engine.generate(prompt_ids, n=k, temperature=args.eval_temperature, top_p=args.eval_top_p,
                              max_tokens=args.max_response_tokens, stop=stop, seed=args.seed, step=step, stream="eval")
     grades = [[grade(c.text, p) for c in g] for p, g in zip(problems, groups)]
+    return held_out_results(problems, grades, [[len(c.token_ids) for c in g] for g in groups],
+                            [[c.text for c in g] for g in groups], device)
+
+
+def held_out_results(problems: list[dict], grades: list[list[tuple[float, str]]], lengths: list[list[int]],
+                     texts: list[list[str]], device: torch.device,
+                     extra: dict[str, tuple[float, float]] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """The `eval/` metrics over all ranks (a collective) and this rank's rows, from graded samples: `grades`, `lengths`
+    (sampled tokens) and `texts` (what the log shows) hold k per problem, in order; `extra`: more (sum, count)
+    metrics. A reason `no_answer` counts as unreadable in `eval/format_rate`."""
     flat = [r for gr in grades for r in gr]
     stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
                           "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
                           "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                          "eval/response_len": (sum(len(c.token_ids) for g in groups for c in g), len(flat))}, device)
-    rows = [{"problem": json.dumps(p), "completion": c.text, "reward": r, "reason": why}
-            for p, g, gr in zip(problems, groups, grades) for c, (r, why) in zip(g, gr)]
+                          "eval/response_len": (sum(map(sum, lengths)), len(flat)), **(extra or {})}, device)
+    rows = [{"problem": json.dumps(p), "completion": t, "reward": r, "reason": why}
+            for p, ts, gr in zip(problems, texts, grades) for t, (r, why) in zip(ts, gr)]
     return stats, rows

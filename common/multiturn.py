@@ -13,13 +13,12 @@ trains only on the sampled tokens (`Trajectory.sampled`, the batch's `response_m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from common.dist import global_means
+from common.metrics import held_out_results
 
 
 @dataclass
@@ -116,16 +115,9 @@ def evaluate_in_turns(engine, tokenizer, problems: list[dict], prompt_ids: list[
     groups = rollout(engine, tokenizer, prompt_ids, problems, k, stop, call_tool, args, step,
                      temperature=args.eval_temperature, top_p=args.eval_top_p, stream="eval")
     grades = [[grade(t.text, p) for t in g] for p, g in zip(problems, groups)]
-    flat = [r for gr in grades for r in gr]
-    trajectories = [t for g in groups for t in g]
-    stats = global_means({"eval/accuracy": (sum(r == 1.0 for r, _ in flat), len(flat)),
-                          "eval/pass_at_k": (sum(any(r == 1.0 for r, _ in gr) for gr in grades), len(grades)),
-                          "eval/format_rate": (sum(why != "no_answer" for _, why in flat), len(flat)),
-                          "eval/response_len": (sum(sum(t.sampled) for t in trajectories), len(flat)),
-                          "eval/tool_calls_mean": (sum(t.tool_calls for t in trajectories), len(flat))}, device)
-    rows = [{"problem": json.dumps(p), "completion": t.shown, "reward": r, "reason": why}
-            for p, g, gr in zip(problems, groups, grades) for t, (r, why) in zip(g, gr)]
-    return stats, rows
+    calls = (sum(t.tool_calls for g in groups for t in g), sum(map(len, groups)))
+    return held_out_results(problems, grades, [[sum(t.sampled) for t in g] for g in groups],
+                            [[t.shown for t in g] for g in groups], device, {"eval/tool_calls_mean": calls})
 
 
 def tool_use_totals(grades: list[list[tuple[float, str]]], groups: list[list[Trajectory]],
